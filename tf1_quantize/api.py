@@ -1,0 +1,261 @@
+"""The public rewrite functions, drop-in for `tf.contrib.quantize`.
+
+Every function validates its arguments and the whole graph before it changes
+anything, so an error leaves the graph exactly as it was.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Optional
+
+import tensorflow as tf
+from absl import logging
+
+from tf1_quantize import folding
+from tf1_quantize import patterns
+from tf1_quantize import quantize
+from tf1_quantize import report as report_lib
+from tf1_quantize.errors import QuantizeError, UnsupportedGraphError
+
+_OPTIMIZERS = ('Adagrad', 'AdagradDA', 'Adam', 'AddSign', 'CenteredRMSProp',
+               'Ftrl', 'FtrlV2', 'GradientDescent', 'Momentum', 'PowerSign',
+               'ProximalAdagrad', 'ProximalGradientDescent', 'RMSProp')
+_SPARSE_OPTIMIZERS = ('Adadelta', 'Adagrad', 'AdagradDA', 'CenteredRMSProp',
+                      'Ftrl', 'FtrlV2', 'Momentum', 'ProximalAdagrad',
+                      'ProximalGradientDescent', 'RMSProp')
+# The optimizer-apply op types whose presence means the rewrite came too late
+# (the same 47 types contrib checked).
+TRAINING_OP_TYPES = frozenset(
+    ['Apply' + o for o in _OPTIMIZERS] +
+    ['ResourceApply' + o for o in ('Adadelta',) + _OPTIMIZERS] +
+    ['ResourceSparseApply' + o for o in _SPARSE_OPTIMIZERS] +
+    ['SparseApply' + o for o in _SPARSE_OPTIMIZERS])
+_CONDITIONAL_TYPES = ('If', 'StatelessIf', 'Switch')
+_MIN_BITS, _MAX_BITS = 2, 16
+
+
+def create_training_graph(input_graph: Optional[tf.Graph] = None,
+                          quant_delay: int = 0) -> None:
+    """Rewrites a training graph for quantization-aware training, in place.
+
+    Folds batch norms (with batch-statistics corrections) and inserts
+    FakeQuant ops on weights and activations. Call it after building the
+    forward pass and loss, before building the optimizer.
+
+    Args:
+        input_graph: the graph to rewrite; the default graph if None.
+        quant_delay: number of steps (of the private `fake_quantization_step`
+            counter) after which quantized values are used; ranges are
+            learned from the start.
+
+    Raises:
+        TypeError: if `input_graph` is not a `tf.Graph`.
+        ValueError: if the graph already holds optimizer ops, is finalized,
+            or holds a structure the rewrite cannot handle, or an argument is
+            invalid.
+    """
+    _rewrite(input_graph, is_training=True, quant_delay=quant_delay)
+
+
+def create_eval_graph(input_graph: Optional[tf.Graph] = None) -> None:
+    """Rewrites an eval graph to match what quantized training learned.
+
+    Folds batch norms with the statistics they consume and inserts FakeQuant
+    ops that read the learned ranges (restore them from the training
+    checkpoint). The result converts to an integer TFLite model.
+
+    Args:
+        input_graph: the graph to rewrite; the default graph if None.
+
+    Raises:
+        TypeError: if `input_graph` is not a `tf.Graph`.
+        ValueError: as `create_training_graph`.
+    """
+    _rewrite(input_graph, is_training=False)
+
+
+def experimental_create_training_graph(input_graph: Optional[tf.Graph] = None,
+                                       weight_bits: int = 8,
+                                       activation_bits: int = 8,
+                                       symmetric: bool = False,
+                                       quant_delay: int = 0,
+                                       freeze_bn_delay: Optional[int] = None,
+                                       scope: Optional[str] = None) -> None:
+    """`create_training_graph` with every parameter exposed.
+
+    Args:
+        input_graph: the graph to rewrite; the default graph if None.
+        weight_bits: bits of weight quantization, 2 to 16.
+        activation_bits: bits of activation quantization, 2 to 16.
+        symmetric: quantize with symmetric ranges (needed for int8 TFLite).
+        quant_delay: steps after which quantized values are used.
+        freeze_bn_delay: steps after which batch norms use their moving
+            statistics and stop updating them; None never freezes.
+        scope: only quantize ops under this name scope (folding is global).
+
+    Raises:
+        TypeError: if `input_graph` is not a `tf.Graph`.
+        ValueError: as `create_training_graph`.
+    """
+    _rewrite(input_graph, is_training=True, weight_bits=weight_bits,
+             activation_bits=activation_bits, symmetric=symmetric,
+             quant_delay=quant_delay, freeze_bn_delay=freeze_bn_delay,
+             scope=scope)
+
+
+def experimental_create_eval_graph(input_graph: Optional[tf.Graph] = None,
+                                   weight_bits: int = 8,
+                                   activation_bits: int = 8,
+                                   symmetric: bool = False,
+                                   quant_delay: Optional[int] = None,
+                                   scope: Optional[str] = None) -> None:
+    """`create_eval_graph` with every parameter exposed.
+
+    Args:
+        input_graph: the graph to rewrite; the default graph if None.
+        weight_bits: bits of weight quantization, 2 to 16.
+        activation_bits: bits of activation quantization, 2 to 16.
+        symmetric: quantize with symmetric ranges.
+        quant_delay: if set, the eval graph also switches to quantized values
+            only after this many steps.
+        scope: only quantize ops under this name scope (folding is global).
+
+    Raises:
+        TypeError: if `input_graph` is not a `tf.Graph`.
+        ValueError: as `create_training_graph`.
+    """
+    _rewrite(input_graph, is_training=False, weight_bits=weight_bits,
+             activation_bits=activation_bits, symmetric=symmetric,
+             quant_delay=quant_delay, scope=scope)
+
+
+def fold_batch_norms(graph: Optional[tf.Graph] = None,
+                     is_training: bool = True,
+                     freeze_bn_delay: Optional[int] = None
+                     ) -> report_lib.RewriteReport:
+    """Folds every batch norm into the layer before it, without quantizing.
+
+    Args:
+        graph: the graph to rewrite in place; the default graph if None.
+        is_training: build the training fold (batch-statistics corrections)
+            rather than the eval fold.
+        freeze_bn_delay: steps after which the training fold switches to the
+            moving statistics; None never switches.
+
+    Returns:
+        A `RewriteReport` of what was folded.
+
+    Raises:
+        TypeError: if `graph` is not a `tf.Graph`.
+        ValueError: if the graph is finalized or a batch norm cannot be folded.
+    """
+    return _rewrite(graph, is_training=is_training,
+                    freeze_bn_delay=freeze_bn_delay, quantize_layers=False)
+
+
+def _rewrite(input_graph, *, is_training, weight_bits=8, activation_bits=8,
+             symmetric=False, quant_delay=None, freeze_bn_delay=None,
+             scope=None, quantize_layers=True) -> report_lib.RewriteReport:
+    graph = _resolve_graph(input_graph)
+    _check_arguments(weight_bits, activation_bits, quant_delay,
+                     freeze_bn_delay, scope)
+    if quantize_layers:
+        _check_for_training_ops(graph)
+    records = patterns.find_layers(graph)
+    _check_graph(graph, records, is_training)
+    folded = [r.layer.name for r in records if r.batch_norm is not None]
+    with graph.as_default():
+        folding.fold(graph, records, is_training, freeze_bn_delay)
+        inserted = []
+        if quantize_layers:
+            config = quantize.QuantizeConfig(
+                is_training=is_training, weight_bits=weight_bits,
+                activation_bits=activation_bits, symmetric=symmetric,
+                quant_delay=quant_delay, scope=scope)
+            inserted = quantize.quantize_layers(graph, records, config)
+    result = report_lib.RewriteReport(
+        is_training=is_training, layers=[r.layer.name for r in records],
+        folded=folded, fake_quants=inserted)
+    logging.info('%s', result)
+    return result
+
+
+def _resolve_graph(input_graph) -> tf.Graph:
+    if input_graph is None:
+        return tf.compat.v1.get_default_graph()
+    if not isinstance(input_graph, tf.Graph):
+        raise TypeError('input_graph must be a tf.Graph or None, got %s.' %
+                        type(input_graph).__name__)
+    return input_graph
+
+
+def _check_arguments(weight_bits, activation_bits, quant_delay,
+                     freeze_bn_delay, scope) -> None:
+    for name, bits in (('weight_bits', weight_bits),
+                       ('activation_bits', activation_bits)):
+        if not _is_int(bits) or not _MIN_BITS <= bits <= _MAX_BITS:
+            raise ValueError('%s must be an integer from %d to %d, got %r.' %
+                             (name, _MIN_BITS, _MAX_BITS, bits))
+    for name, delay in (('quant_delay', quant_delay),
+                        ('freeze_bn_delay', freeze_bn_delay)):
+        if delay is not None and (not _is_int(delay) or delay < 0):
+            raise ValueError('%s must be None or an integer >= 0, got %r.' %
+                             (name, delay))
+    if scope is not None and not isinstance(scope, str):
+        raise ValueError('scope must be a string or None, got %r.' % (scope,))
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _check_for_training_ops(graph: tf.Graph) -> None:
+    found = {op.type for op in graph.get_operations()} & TRAINING_OP_TYPES
+    if found:
+        raise QuantizeError(
+            'Training op found in graph, exiting %s. Call the rewrite after '
+            'building the forward pass and before building the optimizer.' %
+            sorted(found))
+
+
+def _check_graph(graph: tf.Graph, records, is_training: bool) -> None:
+    """Everything that could stop the rewrite half-way is checked here."""
+    if graph.finalized:
+        raise QuantizeError('The graph is finalized; rewrite it before '
+                            'creating a MonitoredSession / finalizing it.')
+    _check_conditional_layers(graph)
+    folding.validate(records, is_training)
+    for record in records:
+        if record.weights.dtype != tf.float32:
+            raise UnsupportedGraphError(
+                "Layer '%s' reads %s weights '%s'; only float32 layers can be "
+                'quantized.' % (record.layer.name, record.weights.dtype.name,
+                                record.weights.name))
+
+
+def _check_conditional_layers(graph: tf.Graph) -> None:
+    """A layer feeding a conditional usually means a batch norm whose
+    `training` flag is a tensor: both branches exist and neither can be
+    folded."""
+    for op in graph.get_operations():
+        if op.type not in patterns.LAYER_TYPES:
+            continue
+        for reader in _layer_readers(op):
+            if reader.type in _CONDITIONAL_TYPES and (
+                    'delayed_quant/' not in reader.name):
+                raise UnsupportedGraphError(
+                    "Layer op '%s' feeds the conditional '%s' (%s), e.g. a "
+                    'batch norm whose training flag is a tensor. Build the '
+                    'training graph with training=True and the eval graph '
+                    'with training=False (Python bools).' %
+                    (op.name, reader.name, reader.type))
+
+
+def _layer_readers(op: tf.Operation):
+    """Readers of a layer output, looking through Identity and BiasAdd."""
+    readers = list(op.outputs[0].consumers())
+    for reader in list(readers):
+        if reader.type in ('Identity', 'BiasAdd'):
+            readers.extend(reader.outputs[0].consumers())
+    return readers

@@ -1,0 +1,352 @@
+"""Batch-norm folding: the math, for fused and unfused batch norms alike.
+
+Notation (Jacob et al. 2018, section 3.2; Krishnamoorthi 2018, section 3.2):
+``gamma``, ``beta`` the BN scale and offset; ``mu_B``, ``var_B`` the batch
+statistics; ``mu_mv``, ``var_mv`` the moving ones;
+``sigma = sqrt(var + eps)``.
+
+Eval:      y = conv(x, w * gamma / sigma) + (beta - mu * gamma / sigma)
+
+Training (the folded weights use the moving sigma, so their quantization
+range moves slowly; the output is corrected back to batch statistics):
+
+    w_fold = (sigma_B / sigma_mv) * w * gamma / sigma_B = w * gamma / sigma_mv
+    y = conv(x, w_fold) * c_recip + c_offset + (beta - mu_B * gamma / sigma_B)
+
+with ``c_recip = sigma_mv / sigma_B`` and ``c_offset = 0`` before the freeze
+(exact batch-statistics BN), and ``c_recip = 1``,
+``c_offset = gamma * (mu_B / sigma_B - mu_mv / sigma_mv)`` after it (exact
+moving-statistics BN). After the freeze the moving-average updates see a
+decay of zero, so the moving statistics stop changing.
+
+A per-channel bias added between the layer and the BN (``conv + b``) only
+shifts both means by ``b``; the math uses the centred means ``mu - b``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import List, Optional
+
+import tensorflow as tf
+
+from tf1_quantize import conditionals
+from tf1_quantize import graph_edit
+from tf1_quantize import step_counter
+from tf1_quantize.errors import UnsupportedGraphError
+from tf1_quantize.patterns import BatchNormRecord, LayerRecord
+
+FOLD_GRADIENT_NAME = 'FoldFusedBatchNormGrad'
+
+
+@dataclasses.dataclass
+class _Statistics:
+    """The BN statistics the fold uses, means already centred."""
+    mean: tf.Tensor
+    variance: tf.Tensor
+    moving_mean: Optional[tf.Tensor] = None
+    moving_variance: Optional[tf.Tensor] = None
+
+
+@dataclasses.dataclass
+class _Corrections:
+    scale: tf.Tensor
+    recip: tf.Tensor
+    offset: tf.Tensor
+
+
+def validate(records: List[LayerRecord], is_training: bool) -> None:
+    """Checks that every batch norm of `records` can be folded correctly.
+
+    Args:
+        records: the layers found in the graph.
+        is_training: whether the training rewrite is requested.
+
+    Raises:
+        UnsupportedGraphError: naming the op that cannot be folded and why.
+    """
+    for record in records:
+        if record.batch_norm is not None:
+            _validate_one(record, is_training)
+
+
+def _validate_one(record: LayerRecord, is_training: bool) -> None:
+    bn = record.batch_norm
+    name = bn.op.name
+    for op in (record.layer, bn.op):
+        if op.node_def.attr['data_format'].s == b'NCHW':
+            raise UnsupportedGraphError(
+                "Op '%s' uses data_format NCHW; only NHWC layers can be "
+                'folded. Build the model with NHWC (channels last).' % op.name)
+    if bn.fused and bn.is_training and 'exponential_avg_factor' in (
+            bn.op.node_def.attr) and bn.op.get_attr(
+                'exponential_avg_factor') != 1.0:
+        raise UnsupportedGraphError(
+            "Batch norm '%s' updates its moving statistics inside the op "
+            '(exponential_avg_factor != 1); its batch statistics are not '
+            'available to fold. Update the moving averages with separate '
+            'ops, as tf.compat.v1 layers do in graph mode.' % name)
+    if is_training and bn.is_training and bn.moving_variance is None:
+        raise UnsupportedGraphError(
+            "Batch norm '%s' normalizes with batch statistics but no "
+            'moving-average update ((moving - batch) * decay) of its mean '
+            'and variance was found, so the training graph cannot be '
+            'folded. Keep the update ops in the graph (UPDATE_OPS) or fold '
+            'an inference-mode batch norm.' % name)
+    if record.layer.type == 'DepthwiseConv2dNative' and not (
+            record.weights.shape.is_fully_defined()):
+        raise UnsupportedGraphError(
+            "Depthwise layer '%s' has weights of unknown shape %s; folding "
+            'needs the [kh, kw, in, multiplier] shape.' %
+            (record.layer.name, record.weights.shape))
+
+
+def fold(graph: tf.Graph, records: List[LayerRecord], is_training: bool,
+         freeze_bn_delay: Optional[int]) -> None:
+    """Folds the batch norm of each record into its layer, in place.
+
+    Call `validate` first. Each folded record is updated to describe the new
+    ops: `layer` becomes the `<layer>_Fold` clone, `weights` the `mul_fold`
+    product and `bias_add` the `add_fold` op.
+
+    Args:
+        graph: the graph holding the records.
+        records: the layers found in the graph.
+        is_training: build the training fold (corrections, freeze).
+        freeze_bn_delay: step from which the moving statistics are used, or
+            None to keep batch statistics throughout training.
+    """
+    for record in records:
+        if record.batch_norm is not None:
+            _fold_one(graph, record, is_training, freeze_bn_delay)
+
+
+def _fold_one(graph, record, is_training, freeze_bn_delay):
+    bn = record.batch_norm
+    training_fold = is_training and bn.is_training
+    stats = _statistics(graph, bn, training_fold)
+    names = _FoldNames(record)
+    multiplier, bias = _multiplier_and_bias(graph, bn, stats, names)
+    weights = record.weights
+    corrections = None
+    if training_fold:
+        corrections = _corrections(graph, bn, stats, names, freeze_bn_delay)
+    with graph_edit.absolute_name_scope(graph, names.layer_scope):
+        if corrections is not None:
+            weights = tf.multiply(
+                _per_output_channel(corrections.scale, record, names,
+                                    'correction_reshape'),
+                weights, name='correction_mult')
+        weights = tf.multiply(
+            weights, _per_output_channel(multiplier, record, names,
+                                         'scale_reshape'), name='mul_fold')
+    output, layer, batch_to_space = _clone_layer(graph, record, weights,
+                                                 names)
+    with graph_edit.absolute_name_scope(graph, names.layer_scope):
+        if corrections is not None:
+            output = tf.multiply(corrections.recip, output,
+                                 name='post_conv_mul')
+            output = tf.raw_ops.Add(x=output, y=corrections.offset,
+                                    name='correction_add')
+        add_fold = tf.raw_ops.Add(x=output, y=bias, name='add_fold')
+    if graph_edit.reroute(add_fold, bn.output) == 0:
+        raise UnsupportedGraphError('Folding batch norms failed, %s had no '
+                                    'outputs.' % bn.output.name)
+    record.layer, record.weights = layer, weights
+    record.batch_to_space, record.bias_add = batch_to_space, add_fold.op
+    record.batch_norm = None
+
+
+class _FoldNames:
+    """Where the ops of one fold are created (contrib's naming, spec §2)."""
+
+    def __init__(self, record: LayerRecord):
+        bn = record.batch_norm
+        self.fused = bn.fused
+        self.layer = record.layer
+        if bn.fused:
+            self.layer_scope = record.scope
+            self.bn_fold_scope = graph_edit.join_scope(record.scope,
+                                                       'BatchNorm_Fold')
+        else:
+            # contrib-style unfused BNs live in '<C>BatchNorm/...' and the fold
+            # is named after C; other BNs are named after the layer scope.
+            context, found, _ = bn.op.name.rpartition('BatchNorm/')
+            self.layer_scope = (context.rstrip('/')
+                                if found else record.scope)
+            self.bn_fold_scope = self.layer_scope
+        self.correction_scope = graph_edit.join_scope(self.bn_fold_scope,
+                                                      'batch_norm_correction')
+
+    def clone_name(self, op: tf.Operation) -> str:
+        """`Conv2D_Fold` inside the layer scope; unfused BatchToSpaceND keep
+        their full name (`<scope>/depthwise/BatchToSpaceND_Fold`)."""
+        if not self.fused and op is not self.layer:
+            return op.name + '_Fold'
+        return graph_edit.join_scope(self.layer_scope,
+                                     op.name.rpartition('/')[2] + '_Fold')
+
+
+def _statistics(graph, bn: BatchNormRecord, training_fold: bool) -> _Statistics:
+    variance = bn.variance
+    if bn.fused and bn.is_training:
+        variance = _undo_bessel_correction(graph, bn)
+    stats = _Statistics(mean=bn.mean, variance=variance)
+    if training_fold:
+        stats.moving_mean = bn.moving_mean
+        stats.moving_variance = bn.moving_variance
+    if bn.pre_bias is not None:
+        with graph_edit.absolute_name_scope(graph,
+                                            graph_edit.scope_of(bn.op)):
+            stats.mean = tf.subtract(stats.mean, bn.pre_bias,
+                                     name='centred_mean')
+            if stats.moving_mean is not None:
+                stats.moving_mean = tf.subtract(stats.moving_mean,
+                                                bn.pre_bias,
+                                                name='centred_moving_mean')
+    return stats
+
+
+def _undo_bessel_correction(graph, bn: BatchNormRecord) -> tf.Tensor:
+    """A training-mode fused BN outputs the unbiased batch variance
+    (times n / (n - 1)); normalization used the biased one."""
+    bn.op._set_attr(  # pylint: disable=protected-access
+        '_gradient_op_type',
+        tf.compat.v1.AttrValue(s=FOLD_GRADIENT_NAME.encode()))
+    with graph_edit.absolute_name_scope(graph, graph_edit.scope_of(bn.op)):
+        n = _elements_per_channel(bn.input, bn.mean)
+        return tf.multiply(bn.variance, (n - 1.0) / n,
+                           name='Undo_Bessel_Correction')
+
+
+def _elements_per_channel(x: tf.Tensor, channel_vector: tf.Tensor):
+    return tf.cast(tf.size(x), tf.float32) / tf.cast(tf.size(channel_vector),
+                                                     tf.float32)
+
+
+def _multiplier_and_bias(graph, bn: BatchNormRecord, stats: _Statistics,
+                         names: _FoldNames):
+    """`gamma / sigma` and `beta - mean * gamma / sigma`.
+
+    An unfused BN already computes both; they are reused unless a pre-BN
+    bias changes the mean.
+    """
+    if bn.multiplier is not None and bn.pre_bias is None:
+        return bn.multiplier, bn.bias
+    with graph_edit.absolute_name_scope(graph, names.bn_fold_scope):
+        multiplier = bn.multiplier
+        if multiplier is None:
+            multiplier = tf.math.rsqrt(stats.variance + bn.epsilon)
+            if bn.gamma is not None:
+                multiplier = tf.multiply(bn.gamma, multiplier, name='mul')
+        bias = tf.subtract(bn.beta, stats.mean * multiplier, name='bias')
+    return multiplier, bias
+
+
+def _corrections(graph, bn: BatchNormRecord, stats: _Statistics,
+                 names: _FoldNames, freeze_bn_delay) -> _Corrections:
+    """The training-time correction factors (see the module docstring)."""
+    with graph_edit.absolute_name_scope(graph, names.correction_scope):
+        recip_sigma_mv = tf.math.rsqrt(stats.moving_variance + bn.epsilon)
+        recip_sigma = tf.math.rsqrt(stats.variance + bn.epsilon)
+        scale = tf.identity(tf.math.divide(recip_sigma_mv, recip_sigma,
+                                           name='scale_compute'),
+                            name='correction_scale')
+        reciprocal = tf.math.reciprocal(scale, name='reciprocal_compute')
+        gamma = bn.gamma if bn.gamma is not None else tf.ones_like(stats.mean)
+        offset = tf.multiply(gamma, stats.mean * recip_sigma -
+                             stats.moving_mean * recip_sigma_mv,
+                             name='offset_compute')
+        use_moving = _use_moving_average(graph, freeze_bn_delay)
+        _freeze_moving_average(bn.mean_decay, use_moving, 'freeze_moving_mean')
+        _freeze_moving_average(bn.variance_decay, use_moving,
+                               'freeze_moving_var')
+        recip = conditionals.smart_cond(use_moving,
+                                        lambda: tf.ones_like(reciprocal),
+                                        lambda: reciprocal,
+                                        name='correction_recip')
+        offset = conditionals.smart_cond(use_moving, lambda: offset,
+                                         lambda: tf.zeros_like(offset),
+                                         name='correction_offset')
+    return _Corrections(scale=scale, recip=recip, offset=offset)
+
+
+def _use_moving_average(graph, freeze_bn_delay):
+    if freeze_bn_delay is None:
+        return False
+    step = step_counter.get_or_create_quantization_step(graph)
+    return tf.greater_equal(step, tf.constant(freeze_bn_delay, tf.int64),
+                            name='use_moving_average')
+
+
+def _freeze_moving_average(decay: tf.Tensor, use_moving, name: str) -> None:
+    """After the freeze the moving-average update sees a decay of 0."""
+    if isinstance(use_moving, bool):
+        return
+    readers = graph_edit.consumers(decay)
+    frozen = conditionals.smart_cond(use_moving,
+                                     lambda: tf.zeros_like(decay),
+                                     lambda: decay, name=name)
+    graph_edit.reroute(frozen, decay, can_modify=readers)
+
+
+def _per_output_channel(vector: tf.Tensor, record: LayerRecord,
+                        names: _FoldNames, name: str) -> tf.Tensor:
+    """Shapes a per-output-channel vector to broadcast over the weights."""
+    layer = record.layer
+    if layer.type == 'DepthwiseConv2dNative':
+        in_channels, multiplier = record.weights.shape.as_list()[2:]
+        return tf.reshape(vector, [in_channels, multiplier], name=name)
+    if layer.type == 'MatMul' and layer.get_attr('transpose_b'):
+        return tf.reshape(vector, [-1, 1], name=name)
+    return vector
+
+
+def _clone_layer(graph, record: LayerRecord, weights: tf.Tensor,
+                 names: _FoldNames):
+    """Copies the layer op (all its attributes) to read the folded weights.
+
+    Returns:
+        (output tensor, clone op, BatchToSpaceND clone or None).
+    """
+    layer = record.layer
+    clone = _copy_op(graph, layer, [layer.inputs[0], weights],
+                     names.clone_name(layer))
+    if record.batch_to_space is None:
+        return clone.outputs[0], clone, None
+    b2s = record.batch_to_space
+    b2s_clone = _copy_op(graph, b2s, [clone.outputs[0]] + list(b2s.inputs[1:]),
+                         names.clone_name(b2s))
+    return b2s_clone.outputs[0], clone, b2s_clone
+
+
+def _copy_op(graph, op: tf.Operation, inputs, name: str) -> tf.Operation:
+    attrs = {
+        key: value
+        for key, value in op.node_def.attr.items()
+        if not key.startswith('_')
+    }
+    with graph_edit.absolute_name_scope(graph, graph_edit.scope_of(name)):
+        return graph.create_op(op.type,
+                               inputs, [t.dtype for t in op.outputs],
+                               name=name.rpartition('/')[2],
+                               attrs=attrs)
+
+
+@tf.RegisterGradient(FOLD_GRADIENT_NAME)
+def _fold_fused_batch_norm_grad(op, *grads):
+    """Gradient of a folded fused BN through its batch mean and variance.
+
+    After folding only outputs 1 (mean) and 2 (unbiased variance) are used;
+    the op's own gradient ignores them. d mean / dx = 1 / n and
+    d var / dx = 2 (x - mean) / (n - 1).
+    """
+    x, mean = op.inputs[0], op.outputs[1]
+    grad_mean, grad_var = grads[1], grads[2]
+    n = _elements_per_channel(x, mean)
+    grad_x = tf.zeros_like(x)
+    if grad_mean is not None:
+        grad_x += grad_mean / n
+    if grad_var is not None:
+        grad_x += 2.0 * grad_var * (x - mean) / (n - 1.0)
+    return [grad_x] + [None] * (len(op.inputs) - 1)

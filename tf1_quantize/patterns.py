@@ -1,0 +1,376 @@
+"""What a quantizable layer looks like, and the record describing each one.
+
+The patterns here are declarative (see `graph_matcher`); `find_layers` turns
+their matches into `LayerRecord`s once per rewrite. Folding and quantization
+both work from those records and never match the graph themselves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import List, Optional, Sequence, Set
+
+import tensorflow as tf
+
+from tf1_quantize import graph_edit
+from tf1_quantize.graph_matcher import GraphMatcher, OneofPattern
+from tf1_quantize.graph_matcher import OpTypePattern as P
+
+LAYER_TYPES = ('Conv2D', 'DepthwiseConv2dNative', 'MatMul')
+FUSED_BN_TYPES = ('FusedBatchNorm', 'FusedBatchNormV2', 'FusedBatchNormV3')
+ACTIVATION_TYPES = ('Relu', 'Relu6', 'Identity')
+ADD = 'Add|AddV2'
+
+# --- The weights a layer reads -------------------------------------------
+_var = P('Variable|VariableV2')
+_partition_identity = P('Identity', inputs=[_var])
+_partition_concat = P('ConcatV2', inputs=[_partition_identity, '*', '*'])
+_weight_identity = P(
+    'Identity',
+    name='weight_read',
+    inputs=[OneofPattern([_partition_identity, _partition_concat, _var])])
+_weight_resource = P('ReadVariableOp', name='weight_read')
+_folded_weight = P('Mul', name='folded_weight')
+
+# --- The layer op and what may directly follow it -------------------------
+_layer = P('|'.join(LAYER_TYPES),
+           name='layer',
+           inputs=[
+               '*',
+               OneofPattern(
+                   [_weight_identity, _weight_resource, _folded_weight])
+           ])
+_batch_to_space = P('BatchToSpaceND',
+                    name='batch_to_space',
+                    inputs=[_layer, '*', '*'])
+_layer_output = OneofPattern([_batch_to_space, _layer])
+
+# --- Batch norms after the layer -------------------------------------------
+_pre_bias = P('BiasAdd', name='pre_bn_bias_add', inputs=[_layer_output, '*'])
+_bn_input = OneofPattern([
+    P('Identity', name='bn_input_identity', inputs=[_layer_output]), _pre_bias,
+    _layer_output
+])
+_fused_bn = P('|'.join(FUSED_BN_TYPES),
+              name='fused_bn',
+              inputs=[
+                  OneofPattern([
+                      P('Reshape',
+                        name='bn_input_reshape',
+                        inputs=[_bn_input, '*']), _bn_input
+                  ]), '*', '*', '*', '*'
+              ])
+_fused_bn_output = OneofPattern([
+    P('Reshape', name='bn_output_reshape', inputs=[_fused_bn, '*']), _fused_bn
+])
+# tf.nn.batch_normalization: x * inv + (beta - mean * inv), where
+# inv = rsqrt(var + eps) * gamma (or without gamma).
+_rsqrt = P('Rsqrt',
+           name='bn_rsqrt',
+           inputs=[P(ADD, name='bn_var_eps', inputs=['*', '*'])])
+_inv = OneofPattern(
+    [P('Mul', name='bn_inv_scaled', inputs=[_rsqrt, '*']), _rsqrt])
+_unfused_bn = P(ADD,
+                name='unfused_bn',
+                inputs=[
+                    P('Mul', name='bn_scale_mul', inputs=[_bn_input, _inv]),
+                    P('Sub',
+                      name='bn_bias',
+                      inputs=['*', P('Mul', inputs=['*', _inv])])
+                ])
+_batch_norm = OneofPattern([_fused_bn_output, _unfused_bn])
+
+# --- Bias, folded forms, bypass and activation ----------------------------
+_bias_add = P(ADD + '|BiasAdd',
+              name='bias_add',
+              inputs=[_layer_output, '*'],
+              ordered_inputs=False)
+# The training-mode fold (see folding.py) builds these with ordered inputs;
+# matching them in order keeps an unfused batch norm from looking folded.
+_post_conv_mul = P('Mul', inputs=['*', _layer_output])
+_correction_add = P(ADD, inputs=[_post_conv_mul, '*'])
+_folded_bias_add = P(ADD,
+                     name='folded_bias_add',
+                     inputs=[_correction_add, '*'])
+_pre_activation = OneofPattern([_bias_add, _folded_bias_add, _batch_norm])
+_bn_identity = P('Identity', inputs=[_pre_activation])
+_bypass = P(ADD,
+            name='bypass',
+            inputs=[OneofPattern([_pre_activation, _bn_identity]), '*'],
+            ordered_inputs=False)
+_activation = P(
+    '|'.join(ACTIVATION_TYPES),
+    name='activation',
+    inputs=[
+        OneofPattern([_pre_activation, _bn_identity, _bypass, _layer_output])
+    ])
+_post_activation_bypass = P(ADD,
+                            name='post_activation_bypass',
+                            inputs=['*', _activation],
+                            ordered_inputs=False)
+# A conv fed directly by another conv (separable convolution).
+_inner_layer = P(
+    '|'.join(LAYER_TYPES),
+    name='layer',
+    inputs=['*', OneofPattern([_weight_identity, _weight_resource])])
+_sep_conv = P('|'.join(LAYER_TYPES),
+              name='sep_conv',
+              inputs=[
+                  OneofPattern([
+                      P('BatchToSpaceND',
+                        name='batch_to_space',
+                        inputs=[_inner_layer, '*', '*']), _inner_layer
+                  ]), '*'
+              ])
+
+# Matched in this order; a layer is recorded by the first root that matches.
+_LAYER_MATCHERS = [
+    GraphMatcher(p)
+    for p in (_post_activation_bypass, _activation, _pre_activation, _sep_conv)
+]
+
+
+@dataclasses.dataclass
+class BatchNormRecord:
+    """One batch norm, fused or not, in a form the folding math can use.
+
+  Attributes:
+    op: the FusedBatchNorm* op, or the final add of an unfused batch norm.
+    fused: whether `op` is a FusedBatchNorm* op.
+    input: the tensor normalized (the layer output, possibly biased).
+    output: the tensor whose consumers the fold reroutes.
+    gamma: the scale tensor, or None for a batch norm without scale.
+    beta: the offset tensor.
+    epsilon: a Python float (fused) or a tensor (unfused).
+    mean: the mean the batch norm consumes (batch mean in training mode).
+    variance: the variance it consumes; for a training-mode fused op this is
+      output 2, which carries Bessel's correction (see folding).
+    is_training: whether it normalizes with batch statistics.
+    moving_mean, moving_variance: tensors read by the moving-average updates.
+    mean_decay, variance_decay: the `1 - momentum` tensors of those updates.
+    multiplier, bias: for unfused batch norms, the existing `gamma/sigma` and
+      `beta - mean * gamma / sigma` tensors (None for fused ones).
+    scale_mul: for unfused batch norms, the `x * multiplier` op.
+    pre_bias: a per-channel bias added between the layer and the batch norm.
+  """
+    op: tf.Operation
+    fused: bool
+    input: tf.Tensor
+    output: tf.Tensor
+    gamma: Optional[tf.Tensor]
+    beta: tf.Tensor
+    epsilon: object
+    mean: tf.Tensor
+    variance: tf.Tensor
+    is_training: bool
+    moving_mean: Optional[tf.Tensor] = None
+    moving_variance: Optional[tf.Tensor] = None
+    mean_decay: Optional[tf.Tensor] = None
+    variance_decay: Optional[tf.Tensor] = None
+    multiplier: Optional[tf.Tensor] = None
+    bias: Optional[tf.Tensor] = None
+    scale_mul: Optional[tf.Operation] = None
+    pre_bias: Optional[tf.Tensor] = None
+
+
+@dataclasses.dataclass
+class LayerRecord:
+    """One Conv2D / DepthwiseConv2dNative / MatMul layer and what surrounds it.
+
+  Folding updates `layer`, `weights`, `bias_add` and `batch_to_space` to the
+  folded ops and clears `batch_norm`; quantization then reads the record.
+
+  Attributes:
+    layer: the layer op.
+    weights: the weight tensor the layer reads (a variable read or a Mul).
+    batch_to_space: the BatchToSpaceND after an atrous layer, if any.
+    batch_norm: the batch norm to fold, if any.
+    bias_add: the op adding the bias (BiasAdd, or `add_fold` once folded).
+    bypass: a residual Add before the activation.
+    activation: Relu / Relu6 / Identity after the layer.
+    post_activation_bypass: an Add after the activation.
+    is_separable_inner: the layer feeds another layer directly.
+  """
+    layer: tf.Operation
+    weights: tf.Tensor
+    batch_to_space: Optional[tf.Operation] = None
+    batch_norm: Optional[BatchNormRecord] = None
+    bias_add: Optional[tf.Operation] = None
+    bypass: Optional[tf.Operation] = None
+    activation: Optional[tf.Operation] = None
+    post_activation_bypass: Optional[tf.Operation] = None
+    is_separable_inner: bool = False
+
+    @property
+    def scope(self) -> str:
+        """The name scope of the layer op (contrib's 'context')."""
+        return graph_edit.scope_of(self.layer)
+
+    @property
+    def output_op(self) -> tf.Operation:
+        """The last op of the layer before any bypass or activation."""
+        if self.bias_add is not None:
+            return self.bias_add
+        if self.batch_norm is not None:
+            return self.batch_norm.output.op
+        return self.batch_to_space or self.layer
+
+
+def find_layers(graph: tf.Graph) -> List[LayerRecord]:
+    """Finds every quantizable layer of `graph`, once, in graph order.
+
+  Batch norms whose output nobody reads (already folded) are not part of any
+  record, which is what makes a second rewrite a no-op.
+
+  Args:
+    graph: the graph to search.
+
+  Returns:
+    A list of `LayerRecord`s.
+  """
+    ops = graph.get_operations()
+    bn_inputs = _live_batch_norm_inputs(ops)
+    records = []
+    seen: Set[tf.Operation] = set()
+    for matcher in _LAYER_MATCHERS:
+        for match in matcher.match_ops(ops):
+            layer = match.get_op('layer')
+            if layer in seen or _feeds_batch_norm(match, bn_inputs):
+                continue
+            record = _record_from_match(match)
+            if record is None:
+                continue
+            seen.add(layer)
+            records.append(record)
+    records.sort(key=lambda r: r.layer._id)  # pylint: disable=protected-access
+    return records
+
+
+def _live_batch_norm_inputs(ops: Sequence[tf.Operation]) -> Set[str]:
+    """Names of tensors normalized by a batch norm whose output is used."""
+    names = set()
+    for match in GraphMatcher(_batch_norm).match_ops(ops):
+        bn = match.get_op('fused_bn') or match.get_op('unfused_bn')
+        if graph_edit.op_consumers(bn):
+            names.add(bn.inputs[0].name if bn.type in FUSED_BN_TYPES else match
+                      .get_op('bn_scale_mul').inputs[0].name)
+    return names
+
+
+def _feeds_batch_norm(match, bn_inputs) -> bool:
+    """An Identity between a layer and its batch norm is not an activation."""
+    activation = match.get_op('activation')
+    return (activation is not None and activation.type == 'Identity'
+            and activation.outputs[0].name in bn_inputs)
+
+
+def _record_from_match(match) -> Optional[LayerRecord]:
+    """Builds the record of one match, or None for a dead batch norm."""
+    batch_norm = None
+    if match.get_op('fused_bn') is not None or match.get_op('unfused_bn'):
+        batch_norm = batch_norm_record(match)
+        if not graph_edit.consumers(batch_norm.output):
+            return None
+    activation = match.get_op('activation')
+    if match.get_op('sep_conv') is not None:
+        activation = None
+    return LayerRecord(
+        layer=match.get_op('layer'),
+        weights=match.get_op('layer').inputs[1],
+        batch_to_space=match.get_op('batch_to_space'),
+        batch_norm=batch_norm,
+        bias_add=match.get_op('bias_add') or match.get_op('folded_bias_add'),
+        bypass=match.get_op('bypass'),
+        activation=activation,
+        post_activation_bypass=match.get_op('post_activation_bypass'),
+        is_separable_inner=match.get_op('sep_conv') is not None)
+
+
+def batch_norm_record(match) -> BatchNormRecord:
+    """Describes the batch norm of a match in one form for both BN kinds."""
+    fused = match.get_op('fused_bn')
+    record = (_fused_record(match, fused)
+              if fused is not None else _unfused_record(match))
+    if record.is_training:
+        record.moving_mean, record.mean_decay = _moving_average_update(
+            _batch_statistic(record, 1))
+        record.moving_variance, record.variance_decay = _moving_average_update(
+            _batch_statistic(record, 2))
+    pre_bias = match.get_op('pre_bn_bias_add')
+    record.pre_bias = pre_bias.inputs[1] if pre_bias is not None else None
+    return record
+
+
+def _fused_record(match, bn: tf.Operation) -> BatchNormRecord:
+    reshape = match.get_op('bn_output_reshape')
+    is_training = bn.get_attr('is_training')
+    return BatchNormRecord(
+        op=bn,
+        fused=True,
+        input=bn.inputs[0],
+        output=reshape.outputs[0] if reshape is not None else bn.outputs[0],
+        gamma=bn.inputs[1],
+        beta=bn.inputs[2],
+        epsilon=bn.get_attr('epsilon'),
+        mean=bn.outputs[1] if is_training else bn.inputs[3],
+        variance=bn.outputs[2] if is_training else bn.inputs[4],
+        is_training=is_training)
+
+
+def _unfused_record(match) -> BatchNormRecord:
+    scale_mul = match.get_op('bn_scale_mul')
+    var_eps = match.get_op('bn_var_eps')
+    bias = match.get_op('bn_bias')
+    scaled = match.get_op('bn_inv_scaled')
+    mean = bias.inputs[1].op.inputs[0]
+    return BatchNormRecord(
+        op=match.get_op('unfused_bn'),
+        fused=False,
+        input=scale_mul.inputs[0],
+        output=match.get_op('unfused_bn').outputs[0],
+        gamma=scaled.inputs[1] if scaled is not None else None,
+        beta=bias.inputs[0],
+        epsilon=var_eps.inputs[1],
+        mean=mean,
+        variance=var_eps.inputs[0],
+        is_training=_moving_average_update(mean)[0] is not None
+        or not _is_variable_read(mean),
+        multiplier=scale_mul.inputs[1],
+        bias=bias.outputs[0],
+        scale_mul=scale_mul)
+
+
+def _batch_statistic(record: BatchNormRecord, index: int) -> tf.Tensor:
+    """The batch mean (1) or variance (2) tensor the moving averages read."""
+    if record.fused:
+        return record.op.outputs[index]
+    return record.mean if index == 1 else record.variance
+
+
+_VARIABLE_READ_TYPES = ('ReadVariableOp', 'Identity', 'VariableV2', 'Variable',
+                        'Const')
+
+
+def _is_variable_read(tensor: tf.Tensor) -> bool:
+    return tensor.op.type in _VARIABLE_READ_TYPES
+
+
+def _moving_average_update(statistic: tf.Tensor):
+    """Finds `(moving - statistic) * decay`, the moving-average update step.
+
+  Returns:
+    (moving statistic tensor, decay tensor), or (None, None).
+  """
+    for sub in statistic.consumers():
+        if sub.type != 'Sub' or not graph_edit.same_tensor(
+                sub.inputs[1], statistic):
+            continue
+        for mul in sub.outputs[0].consumers():
+            if mul.type == 'Mul':
+                other = [
+                    t for t in mul.inputs
+                    if not graph_edit.same_tensor(t, sub.outputs[0])
+                ]
+                if other:
+                    return sub.inputs[0], other[0]
+    return None, None

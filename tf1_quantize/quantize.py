@@ -1,0 +1,245 @@
+"""FakeQuant placement: which tensor gets which quantizer (spec §3).
+
+Works from the `LayerRecord`s found once by `patterns.find_layers` (after
+folding has updated them), then quantizes the intermediate Add/Mul outputs
+that sit between quantized tensors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from typing import List, Optional, Sequence, Set
+
+import tensorflow as tf
+
+from tf1_quantize import graph_edit
+from tf1_quantize import quant_ops
+from tf1_quantize.errors import QuantizeError
+from tf1_quantize.patterns import LayerRecord
+
+_FAKE_QUANT_TYPES = ('FakeQuantWithMinMaxVars', 'FakeQuantWithMinMaxArgs',
+                     'FakeQuantWithMinMaxVarsPerChannel')
+_INTERMEDIATE_TYPES = ('Add', 'AddV2', 'Mul')
+_PASS_THROUGH_TYPES = ('Reshape', 'Identity', 'BatchToSpaceND',
+                       'SpaceToBatchND', 'MaxPool', 'Max')
+_FUSED_ACTIVATION_TYPES = ('Relu', 'Relu6')
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizeConfig:
+    """The parameters of one quantization rewrite.
+
+    Attributes:
+        is_training: build range updates (training) or read ranges only.
+        weight_bits: bits of the weight FakeQuants.
+        activation_bits: bits of the activation FakeQuants.
+        symmetric: symmetric ranges (needed for int8 weights).
+        quant_delay: step from which quantized values are used, or None.
+        scope: only quantize ops under this name scope, or None.
+        ema_decay: decay of the activation range moving averages.
+    """
+    is_training: bool
+    weight_bits: int = 8
+    activation_bits: int = 8
+    symmetric: bool = False
+    quant_delay: Optional[int] = None
+    scope: Optional[str] = None
+    ema_decay: float = 0.999
+
+    @property
+    def scope_prefix(self) -> Optional[str]:
+        if not self.scope:
+            return None
+        return self.scope if self.scope.endswith('/') else self.scope + '/'
+
+
+@dataclasses.dataclass(frozen=True)
+class InsertedQuant:
+    """One FakeQuant the rewrite inserted: its name and what it quantizes."""
+    name: str
+    tensor: str
+
+
+class _Inserter:
+    """Inserts FakeQuants for one rewrite; remembers what it quantized."""
+
+    def __init__(self, graph: tf.Graph, config: QuantizeConfig):
+        self.graph = graph
+        self.config = config
+        self.quantized_ops: Set[tf.Operation] = set()
+        self.inserted: List[InsertedQuant] = []
+
+    def insert(self, context: str, name: str, producer: tf.Operation, *,
+               moving_avg: bool, init_min: float = -6.0,
+               init_max: float = 6.0, bits: int, narrow_range: bool = False,
+               symmetric: Optional[bool] = None,
+               filter_producer: bool = False,
+               filter_consumers: bool = False) -> None:
+        """Quantizes output 0 of `producer` for all its consumers."""
+        tensor = producer.outputs[0]
+        readers = graph_edit.consumers(tensor)
+        if not self._in_scope(producer, readers, filter_producer,
+                              filter_consumers):
+            return
+        if is_followed_by_fake_quant(tensor):
+            return
+        prefix = graph_edit.join_scope(context, name)
+        symmetric = self.config.symmetric if symmetric is None else symmetric
+        quantize = (quant_ops.moving_avg_quantize if moving_avg else
+                    quant_ops.last_value_quantize)
+        extra = {'ema_decay': self.config.ema_decay} if moving_avg else {}
+        with _root_scopes(self.graph):
+            quantized = quantize(tensor, name_prefix=prefix,
+                                 is_training=self.config.is_training,
+                                 num_bits=bits, narrow_range=narrow_range,
+                                 symmetric=symmetric, init_min=init_min,
+                                 init_max=init_max, **extra)
+            output = quant_ops.delay_quantization(quantized, tensor,
+                                                  self.config.quant_delay,
+                                                  prefix)
+        if readers and graph_edit.reroute(output, tensor,
+                                          can_modify=readers) < len(readers):
+            raise QuantizeError('No inputs quantized for ops: %s' %
+                                [op.name for op in readers])
+        self.inserted.append(InsertedQuant(quantized.op.name, tensor.name))
+
+    def _in_scope(self, producer, readers, filter_producer, filter_consumers):
+        prefix = self.config.scope_prefix
+        if prefix is None:
+            return True
+        if filter_producer and not producer.name.startswith(prefix):
+            return False
+        return not (filter_consumers and
+                    any(not op.name.startswith(prefix) for op in readers))
+
+
+@contextlib.contextmanager
+def _root_scopes(graph: tf.Graph):
+    """Names are absolute whatever name or variable scope the caller has."""
+    root = tf.compat.v1.VariableScope(reuse=False)
+    with graph.as_default(), \
+            tf.compat.v1.variable_scope(root, auxiliary_name_scope=False), \
+            graph.name_scope(None):
+        yield
+
+
+def is_followed_by_fake_quant(tensor: tf.Tensor) -> bool:
+    """True if a FakeQuant reads `tensor`, possibly via Reshape/Identity."""
+    pending = list(tensor.consumers())
+    seen = set()
+    while pending:
+        op = pending.pop()
+        if op in seen:
+            continue
+        seen.add(op)
+        if op.type in _FAKE_QUANT_TYPES:
+            return True
+        if op.type in ('Reshape', 'Identity'):
+            pending.extend(op.outputs[0].consumers())
+    return False
+
+
+def quantize_layers(graph: tf.Graph, records: Sequence[LayerRecord],
+                    config: QuantizeConfig) -> List[InsertedQuant]:
+    """Inserts the FakeQuants of every layer, then of intermediate ops.
+
+    Args:
+        graph: the graph to rewrite in place.
+        records: the layers (already folded) found in the graph.
+        config: the rewrite's parameters.
+
+    Returns:
+        The FakeQuants inserted, in order.
+
+    Raises:
+        QuantizeError: if consumers could not be rerouted.
+    """
+    inserter = _Inserter(graph, config)
+    for record in records:
+        _quantize_layer(inserter, record)
+    _quantize_intermediate_ops(inserter)
+    return inserter.inserted
+
+
+def _quantize_layer(inserter: _Inserter, record: LayerRecord) -> None:
+    config = inserter.config
+    context = record.scope
+    inserter.insert(context, 'weights_quant', record.weights.op,
+                    moving_avg=False, bits=config.weight_bits,
+                    narrow_range=True, filter_consumers=True)
+    activation = _activation_op(record)
+    # With a bypass the activation belongs to the block, one scope up.
+    activation_context = (graph_edit.scope_of(context)
+                          if record.bypass is not None else context)
+    inserter.insert(activation_context, 'act_quant', activation,
+                    moving_avg=True, init_min=0.0,
+                    bits=config.activation_bits, filter_producer=True)
+    inserter.quantized_ops.add(activation)
+    if record.bypass is not None and record.bias_add is not None:
+        inserter.insert(context, 'conv_quant', record.bias_add,
+                        moving_avg=True, bits=config.activation_bits,
+                        filter_producer=True, filter_consumers=True)
+        inserter.quantized_ops.add(record.bias_add)
+    _quantize_post_activation_bypass(inserter, record)
+
+
+def _activation_op(record: LayerRecord) -> tf.Operation:
+    """The op whose output is the layer's activation (contrib's rules)."""
+    if record.activation is not None:
+        return record.activation
+    if record.is_separable_inner:
+        return record.layer
+    return record.output_op
+
+
+def _quantize_post_activation_bypass(inserter: _Inserter,
+                                     record: LayerRecord) -> None:
+    add = record.post_activation_bypass
+    if add is None or any(op.type in _FUSED_ACTIVATION_TYPES
+                          for op in graph_edit.op_consumers(add)):
+        return
+    inserter.insert(graph_edit.scope_of(add), 'post_activation_bypass_quant',
+                    add, moving_avg=True,
+                    bits=inserter.config.activation_bits,
+                    filter_producer=True)
+    inserter.quantized_ops.add(add)
+
+
+def _quantize_intermediate_ops(inserter: _Inserter) -> None:
+    """Quantizes Add/Mul outputs computed from quantized tensors (§3.4).
+
+    Insertion happens during the scan, so an Add of two freshly quantized
+    Muls is quantized too. Symmetric ranges are not applied here, as in
+    contrib.
+    """
+    for op in inserter.graph.get_operations():
+        if _should_quantize_intermediate(op, inserter.quantized_ops):
+            inserter.insert(op.name, 'activation_%s_quant' % op.type, op,
+                            moving_avg=True,
+                            bits=inserter.config.activation_bits,
+                            symmetric=False, filter_producer=True)
+
+
+def _should_quantize_intermediate(op: tf.Operation,
+                                  quantized_ops: Set[tf.Operation]) -> bool:
+    if op in quantized_ops or op.type not in _INTERMEDIATE_TYPES:
+        return False
+    if graph_edit.is_skipped(op):
+        return False
+    readers = graph_edit.op_consumers(op)
+    if len(op.outputs) == 1 and len(readers) == 1 and (
+            readers[0].type in _FUSED_ACTIVATION_TYPES):
+        return False  # TFLite fuses the activation into the op.
+    return any(_comes_from_quantized(t.op, quantized_ops) for t in op.inputs)
+
+
+def _comes_from_quantized(op: tf.Operation,
+                          quantized_ops: Set[tf.Operation]) -> bool:
+    while op.type in _PASS_THROUGH_TYPES and op.inputs:
+        op = op.inputs[0].op
+    if op.type in _FAKE_QUANT_TYPES or 'delayed_quant/Merge' in op.name:
+        return True
+    if op.type in _INTERMEDIATE_TYPES:
+        return _should_quantize_intermediate(op, quantized_ops)
+    return False
