@@ -163,20 +163,28 @@ def _rewrite(input_graph, *, is_training, weight_bits=8, activation_bits=8,
     if quantize_layers:
         _check_for_training_ops(graph)
     records = patterns.find_layers(graph)
-    _check_graph(graph, records, is_training)
+    standalone = (patterns.find_standalone_batch_norms(graph, records)
+                  if quantize_layers else [])
+    _check_graph(graph, records, standalone, is_training)
     folded = [r.layer.name for r in records if r.batch_norm is not None]
     with graph.as_default():
         folding.fold(graph, records, is_training, freeze_bn_delay)
+        affines = [
+            folding.rewrite_as_affine(graph, bn, is_training, freeze_bn_delay)
+            for bn in standalone
+        ]
         inserted = []
         if quantize_layers:
             config = quantize.QuantizeConfig(
                 is_training=is_training, weight_bits=weight_bits,
                 activation_bits=activation_bits, symmetric=symmetric,
                 quant_delay=quant_delay, scope=scope)
-            inserted = quantize.quantize_layers(graph, records, config)
+            inserted = quantize.quantize_layers(graph, records, affines,
+                                                config)
     result = report_lib.RewriteReport(
         is_training=is_training, layers=[r.layer.name for r in records],
-        folded=folded, fake_quants=inserted)
+        folded=folded, affine=[bn.op.name for bn in standalone],
+        fake_quants=inserted)
     logging.info('%s', result)
     return result
 
@@ -219,13 +227,14 @@ def _check_for_training_ops(graph: tf.Graph) -> None:
             sorted(found))
 
 
-def _check_graph(graph: tf.Graph, records, is_training: bool) -> None:
+def _check_graph(graph: tf.Graph, records, standalone,
+                 is_training: bool) -> None:
     """Everything that could stop the rewrite half-way is checked here."""
     if graph.finalized:
         raise QuantizeError('The graph is finalized; rewrite it before '
                             'creating a MonitoredSession / finalizing it.')
     _check_conditional_layers(graph)
-    folding.validate(records, is_training)
+    folding.validate(records, standalone, is_training)
     for record in records:
         if record.weights.dtype != tf.float32:
             raise UnsupportedGraphError(

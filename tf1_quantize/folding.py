@@ -55,29 +55,45 @@ class _Corrections:
     offset: tf.Tensor
 
 
-def validate(records: List[LayerRecord], is_training: bool) -> None:
-    """Checks that every batch norm of `records` can be folded correctly.
+def validate(records: List[LayerRecord],
+             standalone: List[BatchNormRecord], is_training: bool) -> None:
+    """Checks that every batch norm can be rewritten correctly.
 
     Args:
         records: the layers found in the graph.
+        standalone: the batch norms no layer folds (rewritten as affine ops).
         is_training: whether the training rewrite is requested.
 
     Raises:
-        UnsupportedGraphError: naming the op that cannot be folded and why.
+        UnsupportedGraphError: naming the op that cannot be rewritten and why.
     """
     for record in records:
         if record.batch_norm is not None:
-            _validate_one(record, is_training)
+            _validate_layer(record)
+            _validate_batch_norm(record.batch_norm, is_training)
+    for bn in standalone:
+        _validate_batch_norm(bn, is_training)
 
 
-def _validate_one(record: LayerRecord, is_training: bool) -> None:
-    bn = record.batch_norm
+def _validate_layer(record: LayerRecord) -> None:
+    if _is_nchw(record.layer):
+        raise UnsupportedGraphError(
+            "Op '%s' uses data_format NCHW; only NHWC layers can be folded. "
+            'Build the model with NHWC (channels last).' % record.layer.name)
+    if record.layer.type == 'DepthwiseConv2dNative' and not (
+            record.weights.shape.is_fully_defined()):
+        raise UnsupportedGraphError(
+            "Depthwise layer '%s' has weights of unknown shape %s; folding "
+            'needs the [kh, kw, in, multiplier] shape.' %
+            (record.layer.name, record.weights.shape))
+
+
+def _validate_batch_norm(bn: BatchNormRecord, is_training: bool) -> None:
     name = bn.op.name
-    for op in (record.layer, bn.op):
-        if op.node_def.attr['data_format'].s == b'NCHW':
-            raise UnsupportedGraphError(
-                "Op '%s' uses data_format NCHW; only NHWC layers can be "
-                'folded. Build the model with NHWC (channels last).' % op.name)
+    if _is_nchw(bn.op):
+        raise UnsupportedGraphError(
+            "Batch norm '%s' uses data_format NCHW; only NHWC batch norms can "
+            'be rewritten. Build the model with NHWC (channels last).' % name)
     if bn.fused and bn.is_training and 'exponential_avg_factor' in (
             bn.op.node_def.attr) and bn.op.get_attr(
                 'exponential_avg_factor') != 1.0:
@@ -93,12 +109,11 @@ def _validate_one(record: LayerRecord, is_training: bool) -> None:
             'and variance was found, so the training graph cannot be '
             'folded. Keep the update ops in the graph (UPDATE_OPS) or fold '
             'an inference-mode batch norm.' % name)
-    if record.layer.type == 'DepthwiseConv2dNative' and not (
-            record.weights.shape.is_fully_defined()):
-        raise UnsupportedGraphError(
-            "Depthwise layer '%s' has weights of unknown shape %s; folding "
-            'needs the [kh, kw, in, multiplier] shape.' %
-            (record.layer.name, record.weights.shape))
+
+
+def _is_nchw(op: tf.Operation) -> bool:
+    return (('data_format' in op.node_def.attr) and
+            op.get_attr('data_format') in (b'NCHW', 'NCHW'))
 
 
 def fold(graph: tf.Graph, records: List[LayerRecord], is_training: bool,
@@ -331,6 +346,74 @@ def _copy_op(graph, op: tf.Operation, inputs, name: str) -> tf.Operation:
                                inputs, [t.dtype for t in op.outputs],
                                name=name.rpartition('/')[2],
                                attrs=attrs)
+
+
+@dataclasses.dataclass
+class AffineBatchNorm:
+    """A batch norm no layer folds, rewritten as `x * multiplier + offset`.
+
+    Attributes:
+        batch_norm: the batch norm rewritten.
+        scope: name scope of the new ops.
+        multiplier: `gamma / sigma` per channel.
+        offset: `beta - mean * gamma / sigma` per channel.
+        mul: the `x * multiplier` op.
+        add: the `+ offset` op; it replaced the batch norm's output.
+    """
+    batch_norm: BatchNormRecord
+    scope: str
+    multiplier: tf.Tensor
+    offset: tf.Tensor
+    mul: tf.Operation
+    add: tf.Operation
+
+
+def rewrite_as_affine(graph: tf.Graph, bn: BatchNormRecord, is_training: bool,
+                      freeze_bn_delay: Optional[int]) -> AffineBatchNorm:
+    """Replaces a batch norm by a per-channel multiply and add, in place.
+
+    In training the batch statistics are used until `freeze_bn_delay`, then
+    the moving ones (whose updates stop), exactly as for folded batch norms;
+    the original batch norm keeps computing the statistics.
+
+    Args:
+        graph: the graph holding `bn`.
+        bn: the batch norm (validated by `validate`).
+        is_training: build the training form.
+        freeze_bn_delay: step from which moving statistics are used, or None.
+
+    Returns:
+        The new ops, for quantization.
+    """
+    training = is_training and bn.is_training
+    stats = _statistics(graph, bn, training)
+    scope = graph_edit.join_scope(graph_edit.scope_of(bn.op), 'affine')
+    with graph_edit.absolute_name_scope(graph, scope):
+        mean, variance = stats.mean, stats.variance
+        if training and freeze_bn_delay is not None:
+            use_moving = _use_moving_average(graph, freeze_bn_delay)
+            _freeze_moving_average(bn.mean_decay, use_moving,
+                                   'freeze_moving_mean')
+            _freeze_moving_average(bn.variance_decay, use_moving,
+                                   'freeze_moving_var')
+            mean = conditionals.smart_cond(use_moving,
+                                           lambda: stats.moving_mean,
+                                           lambda: mean, name='mean')
+            variance = conditionals.smart_cond(use_moving,
+                                               lambda: stats.moving_variance,
+                                               lambda: variance,
+                                               name='variance')
+        multiplier = tf.math.rsqrt(variance + bn.epsilon)
+        if bn.gamma is not None:
+            multiplier = tf.multiply(bn.gamma, multiplier)
+        offset = tf.subtract(bn.beta, mean * multiplier, name='offset')
+        # Only the multiply reads this copy, so its FakeQuant affects only it.
+        multiplier = tf.identity(multiplier, name='multiplier')
+        scaled = tf.multiply(bn.input, multiplier, name='mul')
+        output = tf.raw_ops.Add(x=scaled, y=offset, name='add')
+    graph_edit.reroute(output, bn.output)
+    return AffineBatchNorm(batch_norm=bn, scope=scope, multiplier=multiplier,
+                           offset=offset, mul=scaled.op, add=output.op)
 
 
 @tf.RegisterGradient(FOLD_GRADIENT_NAME)

@@ -124,6 +124,22 @@ _sep_conv = P('|'.join(LAYER_TYPES),
               ])
 
 # Matched in this order; a layer is recorded by the first root that matches.
+# A batch norm after anything: the ones no layer record claims are
+# rewritten on their own (e.g. a batch norm after an activation).
+_any_fused_bn = P('|'.join(FUSED_BN_TYPES),
+                  name='fused_bn',
+                  inputs=['*', '*', '*', '*', '*'])
+_any_unfused_bn = P(ADD,
+                    name='unfused_bn',
+                    inputs=[
+                        P('Mul', name='bn_scale_mul', inputs=['*', _inv]),
+                        P('Sub',
+                          name='bn_bias',
+                          inputs=['*', P('Mul', inputs=['*', _inv])])
+                    ])
+_STANDALONE_BN_MATCHER = GraphMatcher(
+    OneofPattern([_any_fused_bn, _any_unfused_bn]))
+
 _LAYER_MATCHERS = [
     GraphMatcher(p)
     for p in (_post_activation_bypass, _activation, _pre_activation, _sep_conv)
@@ -244,6 +260,28 @@ def find_layers(graph: tf.Graph) -> List[LayerRecord]:
             records.append(record)
     records.sort(key=lambda r: r.layer._id)  # pylint: disable=protected-access
     return records
+
+
+def find_standalone_batch_norms(
+        graph: tf.Graph, records: Sequence[LayerRecord]) -> List[BatchNormRecord]:
+    """Finds the live batch norms that no layer record folds.
+
+    Args:
+        graph: the graph to search.
+        records: the layers found by `find_layers`.
+
+    Returns:
+        A `BatchNormRecord` per batch norm, in graph order.
+    """
+    claimed = {r.batch_norm.op for r in records if r.batch_norm is not None}
+    found = []
+    for match in _STANDALONE_BN_MATCHER.match_graph(graph):
+        if (match.get_op('fused_bn') or match.get_op('unfused_bn')) in claimed:
+            continue
+        record = batch_norm_record(match)
+        if graph_edit.consumers(record.output):
+            found.append(record)
+    return found
 
 
 def _live_batch_norm_inputs(ops: Sequence[tf.Operation]) -> Set[str]:

@@ -13,6 +13,7 @@ from typing import List, Optional, Sequence, Set
 
 import tensorflow as tf
 
+from tf1_quantize import folding
 from tf1_quantize import graph_edit
 from tf1_quantize import quant_ops
 from tf1_quantize.errors import QuantizeError
@@ -141,12 +142,14 @@ def is_followed_by_fake_quant(tensor: tf.Tensor) -> bool:
 
 
 def quantize_layers(graph: tf.Graph, records: Sequence[LayerRecord],
+                    affines: Sequence[folding.AffineBatchNorm],
                     config: QuantizeConfig) -> List[InsertedQuant]:
     """Inserts the FakeQuants of every layer, then of intermediate ops.
 
     Args:
         graph: the graph to rewrite in place.
         records: the layers (already folded) found in the graph.
+        affines: the batch norms rewritten as affine ops.
         config: the rewrite's parameters.
 
     Returns:
@@ -158,6 +161,8 @@ def quantize_layers(graph: tf.Graph, records: Sequence[LayerRecord],
     inserter = _Inserter(graph, config)
     for record in records:
         _quantize_layer(inserter, record)
+    for affine in affines:
+        _quantize_affine(inserter, affine)
     _quantize_intermediate_ops(inserter)
     return inserter.inserted
 
@@ -182,6 +187,24 @@ def _quantize_layer(inserter: _Inserter, record: LayerRecord) -> None:
                         filter_producer=True, filter_consumers=True)
         inserter.quantized_ops.add(record.bias_add)
     _quantize_post_activation_bypass(inserter, record)
+
+
+def _quantize_affine(inserter: _Inserter,
+                     affine: folding.AffineBatchNorm) -> None:
+    """A standalone batch norm becomes integer Mul and Add ops in TFLite:
+    its multiplier is quantized like weights, its offset and both outputs
+    like activations."""
+    config = inserter.config
+    inserter.insert(affine.scope, 'weights_quant', affine.multiplier.op,
+                    moving_avg=False, bits=config.weight_bits,
+                    narrow_range=True)
+    inserter.insert(affine.scope, 'mul_quant', affine.mul, moving_avg=True,
+                    bits=config.activation_bits, filter_producer=True)
+    inserter.insert(affine.scope, 'offset_quant', affine.offset.op,
+                    moving_avg=False, bits=config.activation_bits)
+    inserter.insert(affine.scope, 'act_quant', affine.add, moving_avg=True,
+                    bits=config.activation_bits, filter_producer=True)
+    inserter.quantized_ops.update((affine.mul, affine.add))
 
 
 def _activation_op(record: LayerRecord) -> tf.Operation:
