@@ -81,7 +81,10 @@ def experimental_create_training_graph(input_graph: Optional[tf.Graph] = None,
                                        symmetric: bool = False,
                                        quant_delay: int = 0,
                                        freeze_bn_delay: Optional[int] = None,
-                                       scope: Optional[str] = None) -> None:
+                                       scope: Optional[str] = None,
+                                       *,
+                                       per_channel_weights: bool = False
+                                       ) -> None:
     """`create_training_graph` with every parameter exposed.
 
     Args:
@@ -93,6 +96,9 @@ def experimental_create_training_graph(input_graph: Optional[tf.Graph] = None,
         freeze_bn_delay: steps after which batch norms use their moving
             statistics and stop updating them; None never freezes.
         scope: only quantize ops under this name scope (folding is global).
+        per_channel_weights: quantize Conv2D and MatMul weights with one
+            symmetric range per output channel (TFLite's int8 per-channel
+            kernels); not in contrib, off by default.
 
     Raises:
         TypeError: if `input_graph` is not a `tf.Graph`.
@@ -101,7 +107,7 @@ def experimental_create_training_graph(input_graph: Optional[tf.Graph] = None,
     _rewrite(input_graph, is_training=True, weight_bits=weight_bits,
              activation_bits=activation_bits, symmetric=symmetric,
              quant_delay=quant_delay, freeze_bn_delay=freeze_bn_delay,
-             scope=scope)
+             scope=scope, per_channel_weights=per_channel_weights)
 
 
 def experimental_create_eval_graph(input_graph: Optional[tf.Graph] = None,
@@ -109,7 +115,9 @@ def experimental_create_eval_graph(input_graph: Optional[tf.Graph] = None,
                                    activation_bits: int = 8,
                                    symmetric: bool = False,
                                    quant_delay: Optional[int] = None,
-                                   scope: Optional[str] = None) -> None:
+                                   scope: Optional[str] = None,
+                                   *,
+                                   per_channel_weights: bool = False) -> None:
     """`create_eval_graph` with every parameter exposed.
 
     Args:
@@ -120,6 +128,8 @@ def experimental_create_eval_graph(input_graph: Optional[tf.Graph] = None,
         quant_delay: if set, the eval graph also switches to quantized values
             only after this many steps.
         scope: only quantize ops under this name scope (folding is global).
+        per_channel_weights: as for `experimental_create_training_graph`;
+            must match the training graph (the range variables differ).
 
     Raises:
         TypeError: if `input_graph` is not a `tf.Graph`.
@@ -127,7 +137,8 @@ def experimental_create_eval_graph(input_graph: Optional[tf.Graph] = None,
     """
     _rewrite(input_graph, is_training=False, weight_bits=weight_bits,
              activation_bits=activation_bits, symmetric=symmetric,
-             quant_delay=quant_delay, scope=scope)
+             quant_delay=quant_delay, scope=scope,
+             per_channel_weights=per_channel_weights)
 
 
 def fold_batch_norms(graph: Optional[tf.Graph] = None,
@@ -156,7 +167,8 @@ def fold_batch_norms(graph: Optional[tf.Graph] = None,
 
 def _rewrite(input_graph, *, is_training, weight_bits=8, activation_bits=8,
              symmetric=False, quant_delay=None, freeze_bn_delay=None,
-             scope=None, quantize_layers=True) -> report_lib.RewriteReport:
+             scope=None, per_channel_weights=False,
+             quantize_layers=True) -> report_lib.RewriteReport:
     graph = _resolve_graph(input_graph)
     _check_arguments(weight_bits, activation_bits, quant_delay,
                      freeze_bn_delay, scope)
@@ -178,7 +190,8 @@ def _rewrite(input_graph, *, is_training, weight_bits=8, activation_bits=8,
             config = quantize.QuantizeConfig(
                 is_training=is_training, weight_bits=weight_bits,
                 activation_bits=activation_bits, symmetric=symmetric,
-                quant_delay=quant_delay, scope=scope)
+                quant_delay=quant_delay, scope=scope,
+                per_channel_weights=bool(per_channel_weights))
             inserted = quantize.quantize_layers(graph, records, affines,
                                                 config)
     result = report_lib.RewriteReport(

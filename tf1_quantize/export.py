@@ -256,6 +256,40 @@ def freeze_session(session: tf.compat.v1.Session,
         session, session.graph.as_graph_def(), names)
 
 
+def resolve_output_name(graph: tf.Graph, output_name: str) -> str:
+    """The tensor to export for an output: itself or its final FakeQuant.
+
+    When a layer's output is also a graph output (nothing consumes it), the
+    rewrite, like contrib, still creates the layer's FakeQuant but leaves it
+    without consumers, and so does an Identity named like an output (the
+    rewrite treats Identity as an activation). Exporting the unquantized
+    tensor would leave the last layer float, so such a dangling FakeQuant is
+    exported instead.
+
+    Args:
+        graph: the rewritten eval graph.
+        output_name: an output op or tensor name.
+
+    Returns:
+        The tensor name to fetch and export.
+
+    Raises:
+        ValueError: if the name is not in the graph.
+    """
+    try:
+        tensor = graph.get_tensor_by_name(_tensor_name(output_name))
+    except KeyError as e:
+        raise ValueError(f'Output {output_name} not found in the graph') from e
+    fake_quants = [op for op in tensor.consumers()
+                   if op.type in _FAKE_QUANT_TYPES]
+    if len(fake_quants) == 1 and not fake_quants[0].outputs[0].consumers():
+        quantized = fake_quants[0].outputs[0].name
+        logging.info('Exporting %s (the FakeQuant of %s) as the output.',
+                     quantized, tensor.name)
+        return quantized
+    return tensor.name
+
+
 # ------------------------------------------------------- FakeQuant ranges
 
 
@@ -850,7 +884,8 @@ def export_session(session: tf.compat.v1.Session,
         session: a session holding the eval graph (after `create_eval_graph`
             and a checkpoint restore).
         input_name: the input placeholder's op or tensor name.
-        output_name: the output op or tensor name.
+        output_name: the output op or tensor name; a FakeQuant the rewrite
+            left dangling on it is exported instead (`resolve_output_name`).
         inference_type: tf.uint8 or tf.int8.
         input_ranges: `{input: (min, max)}`, needed when no FakeQuant
             consumes the input.
@@ -869,6 +904,7 @@ def export_session(session: tf.compat.v1.Session,
         ValueError: unknown output name, or `output_path` is protected.
     """
     dtype = _inference_dtype(inference_type)
+    output_name = resolve_output_name(session.graph, output_name)
     frozen = freeze_session(session, output_name)
     stats = resolve_input_stats(frozen, input_name, dtype, input_ranges)
     model = convert_to_tflite(frozen, input_name, output_name, dtype,

@@ -21,7 +21,10 @@ from tf1_quantize.patterns import LayerRecord
 
 _FAKE_QUANT_TYPES = ('FakeQuantWithMinMaxVars', 'FakeQuantWithMinMaxArgs',
                      'FakeQuantWithMinMaxVarsPerChannel')
-_INTERMEDIATE_TYPES = ('Add', 'AddV2', 'Mul')
+# Outputs quantized when computed from quantized tensors: contrib's Add and
+# Mul, plus the ops whose output range older TFLite converters (TF 2.15) do
+# not derive from their input (they leave such ops float).
+_INTERMEDIATE_TYPES = ('Add', 'AddV2', 'Mul', 'Mean', 'AvgPool', 'ConcatV2')
 _PASS_THROUGH_TYPES = ('Reshape', 'Identity', 'BatchToSpaceND',
                        'SpaceToBatchND', 'MaxPool', 'Max')
 _FUSED_ACTIVATION_TYPES = ('Relu', 'Relu6')
@@ -39,6 +42,8 @@ class QuantizeConfig:
         quant_delay: step from which quantized values are used, or None.
         scope: only quantize ops under this name scope, or None.
         ema_decay: decay of the activation range moving averages.
+        per_channel_weights: symmetric per-output-channel weight ranges for
+            Conv2D and MatMul layers.
     """
     is_training: bool
     weight_bits: int = 8
@@ -47,6 +52,7 @@ class QuantizeConfig:
     quant_delay: Optional[int] = None
     scope: Optional[str] = None
     ema_decay: float = 0.999
+    per_channel_weights: bool = False
 
     @property
     def scope_prefix(self) -> Optional[str]:
@@ -75,6 +81,7 @@ class _Inserter:
                moving_avg: bool, init_min: float = -6.0,
                init_max: float = 6.0, bits: int, narrow_range: bool = False,
                symmetric: Optional[bool] = None,
+               per_channel: bool = False,
                filter_producer: bool = False,
                filter_consumers: bool = False) -> None:
         """Quantizes output 0 of `producer` for all its consumers."""
@@ -95,7 +102,8 @@ class _Inserter:
                                  is_training=self.config.is_training,
                                  num_bits=bits, narrow_range=narrow_range,
                                  symmetric=symmetric, init_min=init_min,
-                                 init_max=init_max, **extra)
+                                 init_max=init_max, per_channel=per_channel,
+                                 **extra)
             output = quant_ops.delay_quantization(quantized, tensor,
                                                   self.config.quant_delay,
                                                   prefix)
@@ -170,9 +178,12 @@ def quantize_layers(graph: tf.Graph, records: Sequence[LayerRecord],
 def _quantize_layer(inserter: _Inserter, record: LayerRecord) -> None:
     config = inserter.config
     context = record.scope
+    per_channel = config.per_channel_weights and _has_channels_last(record)
     inserter.insert(context, 'weights_quant', record.weights.op,
                     moving_avg=False, bits=config.weight_bits,
-                    narrow_range=True, filter_consumers=True)
+                    narrow_range=True, per_channel=per_channel,
+                    symmetric=True if per_channel else None,
+                    filter_consumers=True)
     activation = _activation_op(record)
     # With a bypass the activation belongs to the block, one scope up.
     activation_context = (graph_edit.scope_of(context)
@@ -207,6 +218,14 @@ def _quantize_affine(inserter: _Inserter,
     inserter.quantized_ops.update((affine.mul, affine.add))
 
 
+def _has_channels_last(record: LayerRecord) -> bool:
+    """Whether the weights' last axis is the layer's output channel (not so
+    for depthwise multipliers or transposed MatMul weights)."""
+    layer = record.layer
+    return layer.type == 'Conv2D' or (layer.type == 'MatMul' and
+                                      not layer.get_attr('transpose_b'))
+
+
 def _activation_op(record: LayerRecord) -> tf.Operation:
     """The op whose output is the layer's activation (contrib's rules)."""
     if record.activation is not None:
@@ -230,7 +249,7 @@ def _quantize_post_activation_bypass(inserter: _Inserter,
 
 
 def _quantize_intermediate_ops(inserter: _Inserter) -> None:
-    """Quantizes Add/Mul outputs computed from quantized tensors (§3.4).
+    """Quantizes Add/Mul/... outputs computed from quantized tensors (§3.4).
 
     Insertion happens during the scan, so an Add of two freshly quantized
     Muls is quantized too. Symmetric ranges are not applied here, as in
