@@ -213,3 +213,21 @@ def test_mean_output_is_quantized_after_a_quantized_activation():
     pool_quant = graph.get_operation_by_name(
         'pool/activation_Mean_quant/FakeQuantWithMinMaxVars')
     assert pool_quant.inputs[0].op.name == 'pool'
+
+
+def test_report_lists_folded_affine_quantized_and_float_ops():
+    graph, x, _ = _build_bn_after_relu(training=True)
+    with graph.as_default():
+        frozen_weights = tf.constant(np.ones([3, 3, 1, 2], np.float32))
+        tf.nn.relu(tf.nn.conv2d(x, frozen_weights, 1, 'SAME'),
+                   name='const_conv')
+    tf1_quantize.create_training_graph(graph)
+    report = tf1_quantize.last_report(graph)
+    assert report.affine == ['BatchNorm/FusedBatchNormV3']
+    assert report.layers == ['conv/Conv2D', 'fc/MatMul']
+    quantized = {q.tensor for q in report.fake_quants}
+    assert {'conv/Relu:0', 'fc/logits:0'} <= quantized
+    float_op, = report.float_ops
+    assert float_op.name == 'Conv2D' and 'Const' in float_op.reason
+    assert 'stays float: Conv2D' in str(report)
+    assert tf1_quantize.last_report(tf.Graph()) is None

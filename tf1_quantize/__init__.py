@@ -11,6 +11,7 @@ from tf1_quantize.api import create_training_graph
 from tf1_quantize.api import experimental_create_eval_graph
 from tf1_quantize.api import experimental_create_training_graph
 from tf1_quantize.api import fold_batch_norms
+from tf1_quantize.api import last_report
 from tf1_quantize.errors import QuantizeError
 from tf1_quantize.errors import UnsupportedGraphError
 
@@ -20,6 +21,7 @@ __all__ = [
     'experimental_create_eval_graph',
     'experimental_create_training_graph',
     'fold_batch_norms',
+    'last_report',
     'QuantizeError',
     'UnsupportedGraphError',
 ]

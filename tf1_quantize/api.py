@@ -7,6 +7,7 @@ anything, so an error leaves the graph exactly as it was.
 from __future__ import annotations
 
 import numbers
+import weakref
 from typing import Optional
 
 import tensorflow as tf
@@ -33,6 +34,8 @@ TRAINING_OP_TYPES = frozenset(
     ['SparseApply' + o for o in _SPARSE_OPTIMIZERS])
 _CONDITIONAL_TYPES = ('If', 'StatelessIf', 'Switch')
 _MIN_BITS, _MAX_BITS = 2, 16
+_LAST_REPORTS: 'weakref.WeakKeyDictionary[tf.Graph, report_lib.RewriteReport]' = (
+    weakref.WeakKeyDictionary())
 
 
 def create_training_graph(input_graph: Optional[tf.Graph] = None,
@@ -179,6 +182,7 @@ def _rewrite(input_graph, *, is_training, weight_bits=8, activation_bits=8,
                   if quantize_layers else [])
     _check_graph(graph, records, standalone, is_training)
     folded = [r.layer.name for r in records if r.batch_norm is not None]
+    layers = [r.layer.name for r in records]
     with graph.as_default():
         folding.fold(graph, records, is_training, freeze_bn_delay)
         affines = [
@@ -195,11 +199,34 @@ def _rewrite(input_graph, *, is_training, weight_bits=8, activation_bits=8,
             inserted = quantize.quantize_layers(graph, records, affines,
                                                 config)
     result = report_lib.RewriteReport(
-        is_training=is_training, layers=[r.layer.name for r in records],
-        folded=folded, affine=[bn.op.name for bn in standalone],
-        fake_quants=inserted)
+        is_training=is_training, layers=layers, folded=folded,
+        affine=[bn.op.name for bn in standalone], fake_quants=inserted,
+        float_ops=report_lib.find_float_layers(
+            graph, layers + [r.layer.name for r in records])
+        if quantize_layers else [])
     logging.info('%s', result)
+    _LAST_REPORTS[graph] = result
     return result
+
+
+def last_report(graph: Optional[tf.Graph] = None
+                ) -> Optional[report_lib.RewriteReport]:
+    """Returns the report of the latest rewrite of `graph`.
+
+    The contrib functions return None, as they always did; this is where
+    their report is kept: every layer found, what was folded, which
+    FakeQuants were inserted and which compute ops stay float, and why.
+
+    Args:
+        graph: the rewritten graph; the default graph if None.
+
+    Returns:
+        The `RewriteReport`, or None if the graph was never rewritten.
+
+    Raises:
+        TypeError: if `graph` is not a `tf.Graph`.
+    """
+    return _LAST_REPORTS.get(_resolve_graph(graph))
 
 
 def _resolve_graph(input_graph) -> tf.Graph:

@@ -1,11 +1,29 @@
-"""What a rewrite did, in a form a person can read."""
+"""What a rewrite did, and what it left float, in a form a person can read."""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import List
+from typing import Iterable, List
 
+import tensorflow as tf
+
+from tf1_quantize import graph_edit
+from tf1_quantize import patterns
 from tf1_quantize.quantize import InsertedQuant
+
+# Compute ops the rewrite never quantizes; listed so that the report can say
+# they stay float.
+_UNSUPPORTED_LAYER_TYPES = ('Conv3D', 'Conv2DBackpropInput', 'BatchMatMul',
+                            'BatchMatMulV2', 'BatchMatMulV3', 'Einsum')
+_VARIABLE_READ_TYPES = ('Identity', 'ReadVariableOp', 'Mul')
+
+
+@dataclasses.dataclass(frozen=True)
+class FloatOp:
+    """A compute op the rewrite leaves float, and why."""
+    name: str
+    type: str
+    reason: str
 
 
 @dataclasses.dataclass
@@ -19,21 +37,65 @@ class RewriteReport:
         affine: names of the batch norms no layer could take, rewritten as
             quantized per-channel multiply and add ops.
         fake_quants: the FakeQuant ops inserted.
+        float_ops: compute ops that stay float, with the reason.
     """
     is_training: bool
     layers: List[str]
     folded: List[str]
     affine: List[str]
     fake_quants: List[InsertedQuant]
+    float_ops: List[FloatOp]
 
     def __str__(self) -> str:
-        lines = ['%s rewrite: %d layers, %d batch norms folded, %d FakeQuant '
-                 'ops inserted.' % ('Training' if self.is_training else 'Eval',
-                                    len(self.layers), len(self.folded),
-                                    len(self.fake_quants))]
+        lines = [
+            '%s rewrite: %d layers, %d batch norms folded, %d rewritten as '
+            'affine ops, %d FakeQuant ops inserted, %d compute ops left float.'
+            % ('Training' if self.is_training else 'Eval', len(self.layers),
+               len(self.folded), len(self.affine), len(self.fake_quants),
+               len(self.float_ops))
+        ]
         lines += ['  folded: %s' % name for name in self.folded]
         lines += ['  affine (not after a layer): %s' % name
                   for name in self.affine]
         lines += ['  quantized %s with %s' % (q.tensor, q.name)
                   for q in self.fake_quants]
+        lines += ['  stays float: %s (%s): %s' % (f.name, f.type, f.reason)
+                  for f in self.float_ops]
         return '\n'.join(lines)
+
+
+def find_float_layers(graph: tf.Graph,
+                      quantized_layers: Iterable[str]) -> List[FloatOp]:
+    """Lists the compute ops that no FakeQuant will cover, with the reason.
+
+    Args:
+        graph: the rewritten graph.
+        quantized_layers: names of the layer ops the rewrite quantized.
+
+    Returns:
+        One `FloatOp` per such op, in graph order.
+    """
+    quantized = set(quantized_layers)
+    names = {op.name for op in graph.get_operations()}
+    found = []
+    for op in graph.get_operations():
+        if (op.type not in patterns.LAYER_TYPES + _UNSUPPORTED_LAYER_TYPES or
+                op.name in quantized or op.name + '_Fold' in names or
+                graph_edit.is_skipped(op)):
+            continue
+        found.append(FloatOp(op.name, op.type, _float_reason(op)))
+    return found
+
+
+def _float_reason(op: tf.Operation) -> str:
+    if op.type in _UNSUPPORTED_LAYER_TYPES:
+        return ('op type %s is not quantized; only %s are' %
+                (op.type, ', '.join(patterns.LAYER_TYPES)))
+    if 'while/' in op.name:
+        return 'it is inside a while loop'
+    weights = op.inputs[1].op
+    if weights.type not in _VARIABLE_READ_TYPES:
+        return ('its weights come from a %s op (%s), not a variable read' %
+                (weights.type, weights.name))
+    return ('no bias add, batch norm or activation after it matched a layer '
+            'pattern')
