@@ -1,0 +1,134 @@
+"""The command line: rewrite, report, export; bad files exit 2 cleanly."""
+
+import pytest
+import tensorflow as tf
+
+import graph_builders
+from tf1_quantize import cli
+
+v1 = tf.compat.v1
+
+
+def _write_meta(path, training):
+    spec = graph_builders.LayerSpec(bn_training=training, activation='relu6')
+    built = graph_builders.build_contrib_layer(spec)
+    with built.graph.as_default():
+        v1.train.export_meta_graph(str(path))
+    return str(path)
+
+
+@pytest.fixture(name='files')
+def _files(tmp_path):
+    return {'train': _write_meta(tmp_path / 'train.meta', True),
+            'eval': _write_meta(tmp_path / 'eval.meta', False),
+            'dir': tmp_path}
+
+
+def _run(capsys, *argv):
+    status = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_report_prints_what_would_be_done(files, capsys):
+    status, out, _ = _run(capsys, 'report', '--meta', files['train'],
+                          '--training')
+    assert status == 0
+    assert 'folded: test/Conv2D' in out
+    assert 'test/weights_quant/FakeQuantWithMinMaxVars' in out
+
+
+def test_train_then_eval_then_export_to_integer_tflite(files, capsys):
+    out_dir = files['dir']
+    status, _, _ = _run(capsys, 'train', '--meta', files['train'], '--out',
+                        str(out_dir / 'qat.meta'), '--quant_delay', '10',
+                        '--symmetric')
+    assert status == 0
+    graph = tf.Graph()
+    with graph.as_default():
+        v1.train.import_meta_graph(str(out_dir / 'qat.meta'))
+        names = {op.name for op in graph.get_operations()}
+        assert 'test/weights_quant/delayed_quant/Merge' in names
+    status, _, _ = _run(capsys, 'eval', '--meta', files['eval'], '--out',
+                        str(out_dir / 'eval_q.meta'), '--symmetric')
+    assert status == 0
+    checkpoint = _save_initialized(str(out_dir / 'eval_q.meta'),
+                                   str(out_dir / 'ckpt' / 'model'))
+    status, out, err = _run(
+        capsys, 'export', '--meta', str(out_dir / 'eval_q.meta'),
+        '--checkpoint', checkpoint, '--input', 'input', '--output',
+        'test/Relu6', '--input_range=-3,3', '--out',
+        str(out_dir / 'model.tflite'))
+    assert status == 0, err
+    with open(out_dir / 'model.tflite', 'rb') as f:
+        assert f.read(8)[4:8] == b'TFL3'
+
+
+def _save_initialized(meta, prefix):
+    graph = tf.Graph()
+    with graph.as_default():
+        saver = v1.train.import_meta_graph(meta)
+        with v1.Session() as sess:
+            sess.run(v1.global_variables_initializer())
+            return saver.save(sess, prefix)
+
+
+@pytest.mark.parametrize('content', [None, b'\x08\x96\x01garbage', b''])
+def test_bad_input_files_exit_2_with_one_line(files, capsys, content):
+    path = files['dir'] / 'bad.meta'
+    if content is not None:
+        path.write_bytes(content)
+    out = files['dir'] / 'out.meta'
+    status, _, err = _run(capsys, 'train', '--meta', str(path), '--out',
+                          str(out))
+    assert status == 2
+    assert len(err.strip().splitlines()) == 1 and 'bad.meta' in err
+    assert not out.exists()
+
+
+def test_truncated_meta_graph_is_rejected_and_left_alone(files, capsys):
+    with open(files['train'], 'rb') as f:
+        data = f.read()
+    path = files['dir'] / 'truncated.meta'
+    path.write_bytes(data[:len(data) // 2])
+    status, _, err = _run(capsys, 'train', '--meta', str(path), '--out',
+                          str(files['dir'] / 'out.meta'))
+    assert status == 2 and 'truncated.meta' in err
+    assert path.read_bytes() == data[:len(data) // 2]
+
+
+def test_output_never_overwrites_the_input(files, capsys):
+    with open(files['train'], 'rb') as f:
+        before = f.read()
+    status, _, err = _run(capsys, 'train', '--meta', files['train'], '--out',
+                          files['train'])
+    assert status == 2 and 'overwrite' in err
+    with open(files['train'], 'rb') as f:
+        assert f.read() == before
+
+
+def test_wrong_tensor_name_exits_2(files, capsys):
+    status, _, _ = _run(capsys, 'eval', '--meta', files['eval'], '--out',
+                        str(files['dir'] / 'eval_q.meta'))
+    assert status == 0
+    checkpoint = _save_initialized(str(files['dir'] / 'eval_q.meta'),
+                                   str(files['dir'] / 'ckpt' / 'model'))
+    status, _, err = _run(
+        capsys, 'export', '--meta', str(files['dir'] / 'eval_q.meta'),
+        '--checkpoint', checkpoint, '--input', 'input', '--output',
+        'no_such_op', '--out', str(files['dir'] / 'm.tflite'))
+    assert status == 2 and "no op named 'no_such_op'" in err
+    assert not (files['dir'] / 'm.tflite').exists()
+
+
+def test_unwritable_output_location_exits_2(files, capsys):
+    # Root ignores directory permissions, so an output path below a regular
+    # file stands for a location that cannot be written.
+    blocker = files['dir'] / 'not_a_directory'
+    blocker.write_bytes(b'')
+    status, _, err = _run(capsys, 'train', '--meta', files['train'], '--out',
+                          str(blocker / 'out.meta'))
+    assert status == 2 and 'not_a_directory' in err
+    assert blocker.read_bytes() == b''
+    assert [p.name for p in files['dir'].iterdir()
+            if p.name.startswith('.')] == []

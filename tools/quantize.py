@@ -1,0 +1,8 @@
+"""`tools/bazel run //tools:quantize -- COMMAND ...`: the tf1_quantize CLI."""
+
+import sys
+
+from tf1_quantize import cli
+
+if __name__ == '__main__':
+    sys.exit(cli.main())
