@@ -13,7 +13,10 @@ The flow this module serves is the one of `tf.contrib.quantize`:
 5. `compare_with_reference` runs the TFLite model and the fake-quant graph on
    the same inputs and measures how far apart they are, in output LSBs.
 
-`export_session` does all of that in one call; `write_atomic` saves the bytes.
+`export_session` does all of that in one call (exporting, for an output
+whose FakeQuant the rewrite left without consumers, that FakeQuant: see
+`resolve_output_name`); `write_atomic` saves the bytes; `run_tflite` runs a
+model on float inputs with the reference kernels.
 
 Quantization parameters follow TFLite: `real = scale * (q - zero_point)`. The
 converter's `quantized_input_stats` use `real = (q - mean) / std`, so
@@ -157,9 +160,13 @@ class TfliteOp:
 class ParityReport:
     """How closely a TFLite model follows the fake-quant graph.
 
+    The step-based fields are None when the model output is float and not
+    the result of a DEQUANTIZE (a mixed model whose last op is float).
+
     Attributes:
         num_samples: number of input samples compared.
         argmax_agreement: share of samples whose argmax agree.
+        max_abs_diff: largest |tflite - reference|.
         max_diff_lsb: largest |tflite - reference|, in output steps.
         mean_diff_lsb: mean |tflite - reference|, in output steps.
         within_one_lsb: share of output values at most one step apart.
@@ -167,17 +174,21 @@ class ParityReport:
     """
     num_samples: int
     argmax_agreement: float
-    max_diff_lsb: float
-    mean_diff_lsb: float
-    within_one_lsb: float
-    output_scale: float
+    max_abs_diff: float
+    max_diff_lsb: Optional[float]
+    mean_diff_lsb: Optional[float]
+    within_one_lsb: Optional[float]
+    output_scale: Optional[float]
 
     def __str__(self) -> str:
-        return (f'argmax agreement {100 * self.argmax_agreement:.2f}%, '
-                f'max diff {self.max_diff_lsb:.2f} LSB, '
-                f'{100 * self.within_one_lsb:.2f}% within 1 LSB '
-                f'({self.num_samples} samples, '
-                f'LSB={self.output_scale:.4g})')
+        text = f'argmax agreement {100 * self.argmax_agreement:.2f}%, '
+        if self.output_scale is None:
+            text += f'max |diff| {self.max_abs_diff:.4g} (float output)'
+        else:
+            text += (f'max diff {self.max_diff_lsb:.2f} LSB, '
+                     f'{100 * self.within_one_lsb:.2f}% within 1 LSB')
+        return text + f' ({self.num_samples} samples)'
+
 
 
 @dataclasses.dataclass(frozen=True)
@@ -252,8 +263,9 @@ def freeze_session(session: tf.compat.v1.Session,
     missing = [n for n in names if n not in known]
     if missing:
         raise ValueError(f'Output ops not found in the graph: {missing}')
-    return convert_to_constants.convert_variables_to_constants_from_session_graph(  # pylint: disable=line-too-long
-        session, session.graph.as_graph_def(), names)
+    freeze = (convert_to_constants
+              .convert_variables_to_constants_from_session_graph)
+    return freeze(session, session.graph.as_graph_def(), names)
 
 
 def resolve_output_name(graph: tf.Graph, output_name: str) -> str:
@@ -307,7 +319,7 @@ def _weight_fake_quants(graph_def: tf.compat.v1.GraphDef,
     for node in graph_def.node:
         if node.op in _WEIGHT_CONSUMER_TYPES and len(node.input) > 1:
             source = _skip_identities(_op_name(node.input[1]), nodes)
-            if nodes.get(source) and nodes[source].op in _FAKE_QUANT_TYPES:
+            if source in nodes and nodes[source].op in _FAKE_QUANT_TYPES:
                 found.add(source)
     return found
 
@@ -560,16 +572,31 @@ def convert_to_tflite(graph_def: tf.compat.v1.GraphDef,
 # ------------------------------------------------------------- inspection
 
 
-def _interpreter(model: bytes) -> tf.lite.Interpreter:
-    """An interpreter on the reference kernels (XNNPACK rejects some int8)."""
+def tflite_interpreter(model: bytes) -> tf.lite.Interpreter:
+    """An interpreter on the reference kernels, tensors not yet allocated.
+
+    The default XNNPACK delegate refuses some int8 convolutions, the
+    reference kernels run them.
+
+    Args:
+        model: a TFLite flatbuffer.
+
+    Returns:
+        The interpreter.
+    """
     resolver = tf.lite.experimental.OpResolverType
     with warnings.catch_warnings():
         # TF >= 2.18 announces the move to ai_edge_litert on every call.
-        warnings.filterwarnings('ignore', message='.*Interpreter is deprecated')
+        warnings.filterwarnings('ignore', message='.*Interpreter is deprec')
         return tf.lite.Interpreter(
             model_content=model,
             experimental_op_resolver_type=(
                 resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES))
+
+
+def _ops_details(interpreter: tf.lite.Interpreter) -> List[dict]:
+    """The operators in execution order (a private but long-lived method)."""
+    return interpreter._get_ops_details()  # pylint: disable=protected-access
 
 
 def _is_float(dtype) -> bool:
@@ -588,12 +615,12 @@ def find_float_ops(model: bytes) -> List[TfliteOp]:
     Returns:
         The float ops, in execution order.
     """
-    interpreter = _interpreter(model)
+    interpreter = tflite_interpreter(model)
     tensors = {t['index']: t for t in interpreter.get_tensor_details()}
     model_inputs = {d['index'] for d in interpreter.get_input_details()}
     model_outputs = {d['index'] for d in interpreter.get_output_details()}
     found = []
-    for op in interpreter._get_ops_details():  # pylint: disable=protected-access
+    for op in _ops_details(interpreter):
         ins = [int(i) for i in op['inputs'] if i >= 0]
         outs = [int(i) for i in op['outputs'] if i >= 0]
         if op['op_name'] == 'QUANTIZE' and set(ins) <= model_inputs:
@@ -637,8 +664,10 @@ def check_integer_only(model: bytes,
 
 def _quantize(x: np.ndarray, scale: float, zero_point: int,
               dtype) -> np.ndarray:
+    """Quantizes as TFLite does (round half away from zero, clamp)."""
     info = np.iinfo(dtype)
-    q = np.round(x / scale) + zero_point
+    scaled = x / scale
+    q = np.sign(scaled) * np.floor(np.abs(scaled) + 0.5) + zero_point
     return np.clip(q, info.min, info.max).astype(dtype)
 
 
@@ -659,7 +688,7 @@ def run_tflite(model: bytes, inputs: np.ndarray) -> np.ndarray:
     Returns:
         The float outputs, batch first.
     """
-    interpreter = _interpreter(model)
+    interpreter = tflite_interpreter(model)
     index = interpreter.get_input_details()[0]['index']
     shape = interpreter.get_input_details()[0]['shape']
     interpreter.resize_tensor_input(index, [len(inputs)] + list(shape[1:]))
@@ -703,16 +732,13 @@ def run_reference(reference: Reference, input_name: str, output_name: str,
 # ----------------------------------------------------------------- parity
 
 
-def _boundary_quantization(model: bytes, which: str) -> Tuple:
+def _boundary_quantization(model: bytes, which: str) -> Optional[Tuple]:
     """(scale, zero point, dtype) of the first model input or output.
 
     For a float input (output), those of the tensor its QUANTIZE writes (its
-    DEQUANTIZE reads).
-
-    Raises:
-        ValueError: a float input or output without such an op.
+    DEQUANTIZE reads); None if there is no such op.
     """
-    interpreter = _interpreter(model)
+    interpreter = tflite_interpreter(model)
     details = (interpreter.get_input_details() if which == 'input'
                else interpreter.get_output_details())
     index = details[0]['index']
@@ -721,42 +747,39 @@ def _boundary_quantization(model: bytes, which: str) -> Tuple:
                                if which == 'input' else
                                ('DEQUANTIZE', 'outputs', 'inputs'))
     if _is_float(tensors[index]['dtype']):
-        for op in interpreter._get_ops_details():  # pylint: disable=protected-access
+        for op in _ops_details(interpreter):
             if op['op_name'] == boundary_op and index in list(op[own]):
                 index = int(op[other][0])
                 break
         else:
-            raise ValueError(f'The model {which} is float and no '
-                             f'{boundary_op} op quantizes it.')
+            return None
     scale, zero_point = tensors[index]['quantization']
     return float(scale), int(zero_point), tensors[index]['dtype']
 
 
-def output_step(model: bytes) -> float:
+def output_step(model: bytes) -> Optional[float]:
     """The quantization step (LSB) of a TFLite model's first output.
-
-    For a float output, the step of the tensor its DEQUANTIZE reads.
 
     Args:
         model: a TFLite flatbuffer.
 
     Returns:
-        The step.
-
-    Raises:
-        ValueError: a float output that no DEQUANTIZE writes.
+        The step; for a float output, the step of the tensor its DEQUANTIZE
+        reads, or None if no DEQUANTIZE writes it.
     """
-    return _boundary_quantization(model, 'output')[0]
+    quantization = _boundary_quantization(model, 'output')
+    return quantization[0] if quantization else None
 
 
 def parity_report(actual: np.ndarray, expected: np.ndarray,
-                  step: float) -> ParityReport:
+                  step: Optional[float]) -> ParityReport:
     """Summarizes the difference of two output batches.
 
     Args:
         actual: outputs of the TFLite model, batch first.
         expected: outputs of the reference, same shape.
-        step: one output quantization step (LSB).
+        step: one output quantization step (LSB); None for a float output
+            (the step-based fields are then None).
 
     Returns:
         A `ParityReport`.
@@ -772,20 +795,26 @@ def parity_report(actual: np.ndarray, expected: np.ndarray,
             f'Output shapes differ: {actual.shape} vs {expected.shape}')
     if not actual.size:
         raise ValueError('Parity needs at least one sample.')
-    if not step > 0:
+    if step is not None and not step > 0:
         raise ValueError(f'Output step must be positive, got {step}')
-    diff = np.abs(actual - expected) / step
+    abs_diff = np.abs(actual - expected)
     rows_a = actual.reshape(len(actual), -1)
     rows_e = expected.reshape(len(expected), -1)
     agree = np.argmax(rows_a, axis=-1) == np.argmax(rows_e, axis=-1)
-    # The small margin absorbs float rounding of values on the same grid.
+    max_diff = mean_diff = within = None
+    if step is not None:
+        diff = abs_diff / step
+        max_diff, mean_diff = float(np.max(diff)), float(np.mean(diff))
+        # The margin absorbs float rounding of values on the same grid.
+        within = float(np.mean(diff <= 1.0 + 1e-3))
     return ParityReport(
         num_samples=len(actual),
         argmax_agreement=float(np.mean(agree)),
-        max_diff_lsb=float(np.max(diff)),
-        mean_diff_lsb=float(np.mean(diff)),
-        within_one_lsb=float(np.mean(diff <= 1.0 + 1e-3)),
-        output_scale=float(step))
+        max_abs_diff=float(np.max(abs_diff)),
+        max_diff_lsb=max_diff,
+        mean_diff_lsb=mean_diff,
+        within_one_lsb=within,
+        output_scale=None if step is None else float(step))
 
 
 def compare_with_reference(model: bytes,
@@ -816,8 +845,9 @@ def compare_with_reference(model: bytes,
     """
     inputs = np.asarray(inputs, np.float32)
     ref_inputs = inputs
-    if round_trip_inputs:
-        scale, zero_point, dtype = _boundary_quantization(model, 'input')
+    quantization = _boundary_quantization(model, 'input')
+    if round_trip_inputs and quantization:
+        scale, zero_point, dtype = quantization
         ref_inputs = _dequantize(_quantize(inputs, scale, zero_point, dtype),
                                  scale, zero_point)
     expected = run_reference(reference, input_name, output_name, ref_inputs)
@@ -828,9 +858,21 @@ def compare_with_reference(model: bytes,
 # ----------------------------------------------------------------- output
 
 
+def _file_mode(path: str) -> int:
+    """The existing file's mode, else what `open()` would give a new file."""
+    if os.path.exists(path):
+        return os.stat(path).st_mode & 0o777
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def write_atomic(path: str, data: bytes,
                  protected_paths: Iterable[str] = ()) -> str:
     """Writes bytes to `path` atomically (temp file in its dir, os.replace).
+
+    A new file gets the usual permissions (0o666 minus the umask), a
+    replaced one keeps its own.
 
     Args:
         path: destination file; missing directories are created.
@@ -849,6 +891,7 @@ def write_atomic(path: str, data: bytes,
             raise ValueError(f'Refusing to overwrite input file {protected}')
     directory = os.path.dirname(target)
     os.makedirs(directory, exist_ok=True)
+    mode = _file_mode(target)
     fd, tmp = tempfile.mkstemp(
         prefix='.' + os.path.basename(target) + '.', suffix='.tmp',
         dir=directory)
@@ -857,6 +900,7 @@ def write_atomic(path: str, data: bytes,
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, mode)
         os.replace(tmp, target)
     except BaseException:
         if os.path.exists(tmp):

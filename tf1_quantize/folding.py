@@ -76,6 +76,14 @@ def validate(records: List[LayerRecord],
 
 
 def _validate_layer(record: LayerRecord) -> None:
+    layer_output = (record.batch_to_space or record.layer).outputs[0]
+    bn_output = record.batch_norm.output
+    if not layer_output.shape.is_compatible_with(bn_output.shape):
+        raise UnsupportedGraphError(
+            "Batch norm '%s' outputs shape %s but layer '%s' outputs %s; the "
+            'folded layer could not replace it.' %
+            (record.batch_norm.op.name, bn_output.shape, record.layer.name,
+             layer_output.shape))
     if _is_nchw(record.layer):
         raise UnsupportedGraphError(
             "Op '%s' uses data_format NCHW; only NHWC layers can be folded. "
@@ -146,15 +154,15 @@ def _fold_one(graph, record, is_training, freeze_bn_delay):
     corrections = None
     if training_fold:
         corrections = _corrections(graph, bn, stats, names, freeze_bn_delay)
+    with graph_edit.absolute_name_scope(graph, names.bn_fold_scope):
+        if corrections is not None:
+            correction = _per_output_channel(corrections.scale, record,
+                                             'correction_reshape')
+        multiplier = _per_output_channel(multiplier, record, 'scale_reshape')
     with graph_edit.absolute_name_scope(graph, names.layer_scope):
         if corrections is not None:
-            weights = tf.multiply(
-                _per_output_channel(corrections.scale, record, names,
-                                    'correction_reshape'),
-                weights, name='correction_mult')
-        weights = tf.multiply(
-            weights, _per_output_channel(multiplier, record, names,
-                                         'scale_reshape'), name='mul_fold')
+            weights = tf.multiply(correction, weights, name='correction_mult')
+        weights = tf.multiply(weights, multiplier, name='mul_fold')
     output, layer, batch_to_space = _clone_layer(graph, record, weights,
                                                  names)
     with graph_edit.absolute_name_scope(graph, names.layer_scope):
@@ -306,7 +314,7 @@ def _freeze_moving_average(decay: tf.Tensor, use_moving, name: str) -> None:
 
 
 def _per_output_channel(vector: tf.Tensor, record: LayerRecord,
-                        names: _FoldNames, name: str) -> tf.Tensor:
+                        name: str) -> tf.Tensor:
     """Shapes a per-output-channel vector to broadcast over the weights."""
     layer = record.layer
     if layer.type == 'DepthwiseConv2dNative':

@@ -245,7 +245,7 @@ def find_layers(graph: tf.Graph) -> List[LayerRecord]:
     A list of `LayerRecord`s.
   """
     ops = graph.get_operations()
-    bn_inputs = _live_batch_norm_inputs(ops)
+    bn_inputs = _identities_before_live_batch_norms(ops)
     records = []
     seen: Set[tf.Operation] = set()
     for matcher in _LAYER_MATCHERS:
@@ -284,14 +284,15 @@ def find_standalone_batch_norms(
     return found
 
 
-def _live_batch_norm_inputs(ops: Sequence[tf.Operation]) -> Set[str]:
-    """Names of tensors normalized by a batch norm whose output is used."""
+def _identities_before_live_batch_norms(
+        ops: Sequence[tf.Operation]) -> Set[str]:
+    """Outputs of Identity ops between a layer and a batch norm in use."""
     names = set()
     for match in GraphMatcher(_batch_norm).match_ops(ops):
         bn = match.get_op('fused_bn') or match.get_op('unfused_bn')
-        if graph_edit.op_consumers(bn):
-            names.add(bn.inputs[0].name if bn.type in FUSED_BN_TYPES else match
-                      .get_op('bn_scale_mul').inputs[0].name)
+        identity = match.get_op('bn_input_identity')
+        if identity is not None and graph_edit.op_consumers(bn):
+            names.add(identity.outputs[0].name)
     return names
 
 
@@ -306,6 +307,8 @@ def _record_from_match(match) -> Optional[LayerRecord]:
     """Builds the record of one match, or None for a dead batch norm."""
     batch_norm = None
     if match.get_op('fused_bn') is not None or match.get_op('unfused_bn'):
+        if _is_partial_fully_connected_match(match):
+            return None
         batch_norm = batch_norm_record(match)
         if not graph_edit.consumers(batch_norm.output):
             return None
@@ -322,6 +325,14 @@ def _record_from_match(match) -> Optional[LayerRecord]:
         activation=activation,
         post_activation_bypass=match.get_op('post_activation_bypass'),
         is_separable_inner=match.get_op('sep_conv') is not None)
+
+
+def _is_partial_fully_connected_match(match) -> bool:
+    """A fused BN after a MatMul works on a 4-D reshape of its output; the
+    match must include the Reshape back to 2-D (found from a later root)."""
+    return (match.get_op('fused_bn') is not None and
+            match.get_op('layer').type == 'MatMul' and
+            match.get_op('bn_output_reshape') is None)
 
 
 def batch_norm_record(match) -> BatchNormRecord:
