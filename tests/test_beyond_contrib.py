@@ -231,3 +231,27 @@ def test_report_lists_folded_affine_quantized_and_float_ops():
     assert float_op.name == 'Conv2D' and 'Const' in float_op.reason
     assert 'stays float: Conv2D' in str(report)
     assert tf1_quantize.last_report(tf.Graph()) is None
+
+
+def test_per_channel_weights_reach_tflite_as_per_channel_scales():
+    graph = tf.Graph()
+    with graph.as_default():
+        x = v1.placeholder(tf.float32, [1, 5, 5, 2], name='x')
+        with v1.variable_scope('conv'):
+            w = _variable('weights', np.random.RandomState(3).randn(3, 3, 2, 3)
+                          * np.array([0.01, 1.0, 10.0]))
+            tf.nn.relu6(tf.nn.conv2d(x, w, 1, 'SAME'), name='Relu6')
+    tf1_quantize.experimental_create_eval_graph(
+        graph, symmetric=True, per_channel_weights=True)
+    output = 'conv/act_quant/FakeQuantWithMinMaxVars'
+    with graph.as_default(), v1.Session() as sess:
+        sess.run(v1.global_variables_initializer())
+        frozen = export.freeze_session(sess, [output])
+    model = export.convert_to_tflite(frozen, ['x'], [output],
+                                     inference_type=tf.int8,
+                                     input_ranges={'x': (-1.0, 1.0)})
+    interpreter = export.tflite_interpreter(model)
+    scales = [len(t['quantization_parameters']['scales'])
+              for t in interpreter.get_tensor_details()
+              if t['shape'].tolist() == [3, 3, 3, 2]]
+    assert scales == [3]

@@ -99,9 +99,9 @@ def experimental_create_training_graph(input_graph: Optional[tf.Graph] = None,
         freeze_bn_delay: steps after which batch norms use their moving
             statistics and stop updating them; None never freezes.
         scope: only quantize ops under this name scope (folding is global).
-        per_channel_weights: quantize Conv2D and MatMul weights with one
-            symmetric range per output channel (TFLite's int8 per-channel
-            kernels); not in contrib, off by default.
+        per_channel_weights: quantize Conv2D weights with one symmetric
+            range per output channel (TFLite's int8 per-channel kernels); not
+            in contrib, off by default. Other layers keep per-tensor ranges.
 
     Raises:
         TypeError: if `input_graph` is not a `tf.Graph`.

@@ -43,7 +43,7 @@ class QuantizeConfig:
         scope: only quantize ops under this name scope, or None.
         ema_decay: decay of the activation range moving averages.
         per_channel_weights: symmetric per-output-channel weight ranges for
-            Conv2D and MatMul layers.
+            Conv2D layers.
     """
     is_training: bool
     weight_bits: int = 8
@@ -178,7 +178,7 @@ def quantize_layers(graph: tf.Graph, records: Sequence[LayerRecord],
 def _quantize_layer(inserter: _Inserter, record: LayerRecord) -> None:
     config = inserter.config
     context = record.scope
-    per_channel = config.per_channel_weights and _has_channels_last(record)
+    per_channel = config.per_channel_weights and _supports_per_channel(record)
     inserter.insert(context, 'weights_quant', record.weights.op,
                     moving_avg=False, bits=config.weight_bits,
                     narrow_range=True, per_channel=per_channel,
@@ -218,12 +218,12 @@ def _quantize_affine(inserter: _Inserter,
     inserter.quantized_ops.update((affine.mul, affine.add))
 
 
-def _has_channels_last(record: LayerRecord) -> bool:
-    """Whether the weights' last axis is the layer's output channel (not so
-    for depthwise multipliers or transposed MatMul weights)."""
-    layer = record.layer
-    return layer.type == 'Conv2D' or (layer.type == 'MatMul' and
-                                      not layer.get_attr('transpose_b'))
+def _supports_per_channel(record: LayerRecord) -> bool:
+    """Per-channel weights only for Conv2D: TFLite's converter rejects
+    per-channel FakeQuant ranges on MatMul weights (measured on TF 2.21), and
+    a depthwise filter's last axis is its multiplier, not its output
+    channel."""
+    return record.layer.type == 'Conv2D'
 
 
 def _activation_op(record: LayerRecord) -> tf.Operation:

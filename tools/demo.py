@@ -222,6 +222,7 @@ class QatVariant:
     label: str
     symmetric: bool
     inference_types: Tuple[tf.dtypes.DType, ...]
+    per_channel: bool = False
 
 
 VARIANTS = (
@@ -229,6 +230,9 @@ VARIANTS = (
     # is attempted to show the error export raises.
     QatVariant('asymmetric', False, (tf.uint8, tf.int8)),
     QatVariant('symmetric', True, (tf.int8, tf.uint8)),
+    # Beyond contrib: one symmetric range per output channel (TFLite's int8
+    # per-channel convolutions).
+    QatVariant('per-channel', True, (tf.int8,), per_channel=True),
 )
 
 
@@ -472,11 +476,13 @@ def _qat_rewrites(variant: QatVariant, settings: Settings):
         tf1_quantize.experimental_create_training_graph(
             graph, symmetric=variant.symmetric,
             quant_delay=settings.quant_delay,
-            freeze_bn_delay=settings.freeze_bn_delay)
+            freeze_bn_delay=settings.freeze_bn_delay,
+            per_channel_weights=variant.per_channel)
 
     def evaluation(graph: tf.Graph) -> None:
         if variant.symmetric:
-            tf1_quantize.experimental_create_eval_graph(graph, symmetric=True)
+            tf1_quantize.experimental_create_eval_graph(
+                graph, symmetric=True, per_channel_weights=variant.per_channel)
         else:
             tf1_quantize.create_eval_graph(graph)
 
