@@ -40,14 +40,14 @@ def reroute(new: tf.Tensor,
             can_modify: Optional[Iterable[tf.Operation]] = None) -> int:
     """Makes consumers of `old` read `new` instead.
 
-  Args:
-    new: the tensor to read from now on.
-    old: the tensor currently read.
-    can_modify: if given, only these ops are changed.
+    Args:
+        new: the tensor to read from now on.
+        old: the tensor currently read.
+        can_modify: if given, only these ops are changed.
 
-  Returns:
-    The number of input slots changed.
-  """
+    Returns:
+        The number of input slots changed.
+    """
     targets = consumers(old) if can_modify is None else list(can_modify)
     count = 0
     for op in targets:
@@ -80,9 +80,9 @@ def join_scope(*parts: str) -> str:
 def absolute_name_scope(graph: tf.Graph, scope: str):
     """Opens name scope `scope` from the root, whatever scope is active.
 
-  Yields:
-    The scope string with a trailing '/' ('' at the root).
-  """
+    Yields:
+        The scope string with a trailing '/' ('' at the root).
+    """
     with graph.name_scope(None):
         if not scope:
             yield ''

@@ -30,16 +30,16 @@ class Pattern:
 class OpTypePattern(Pattern):
     """Matches an op by type and, optionally, by the producers of its inputs.
 
-  Args:
-    op_type: '*' for any op, or one or more op types joined by '|'.
-    name: optional name under which the matched op can be looked up.
-    inputs: optional list of patterns (or op-type strings) for the op's
-      inputs. When given, the op must have exactly that many inputs.
-    ordered_inputs: when False, the input patterns may match in any order.
+    Args:
+        op_type: '*' for any op, or one or more op types joined by '|'.
+        name: optional name under which the matched op can be looked up.
+        inputs: optional list of patterns (or op-type strings) for the op's
+            inputs. When given, the op must have exactly that many inputs.
+        ordered_inputs: when False, the input patterns may match in any order.
 
-  Raises:
-    ValueError: if more than 8 input patterns are given.
-  """
+    Raises:
+        ValueError: if more than 8 input patterns are given.
+    """
 
     def __init__(self,
                  op_type: str,
@@ -139,12 +139,12 @@ class MatchResult:
 class GraphMatcher:
     """Finds the ops of a graph at which a pattern matches.
 
-  Args:
-    pattern: the root pattern.
+    Args:
+        pattern: the root pattern.
 
-  Raises:
-    ValueError: if two different sub-patterns share a name.
-  """
+    Raises:
+        ValueError: if two different sub-patterns share a name.
+    """
 
     def __init__(self, pattern: Pattern):
         self._pattern = pattern

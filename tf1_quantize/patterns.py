@@ -150,25 +150,25 @@ _LAYER_MATCHERS = [
 class BatchNormRecord:
     """One batch norm, fused or not, in a form the folding math can use.
 
-  Attributes:
-    op: the FusedBatchNorm* op, or the final add of an unfused batch norm.
-    fused: whether `op` is a FusedBatchNorm* op.
-    input: the tensor normalized (the layer output, possibly biased).
-    output: the tensor whose consumers the fold reroutes.
-    gamma: the scale tensor, or None for a batch norm without scale.
-    beta: the offset tensor.
-    epsilon: a Python float (fused) or a tensor (unfused).
-    mean: the mean the batch norm consumes (batch mean in training mode).
-    variance: the variance it consumes; for a training-mode fused op this is
-      output 2, which carries Bessel's correction (see folding).
-    is_training: whether it normalizes with batch statistics.
-    moving_mean, moving_variance: tensors read by the moving-average updates.
-    mean_decay, variance_decay: the `1 - momentum` tensors of those updates.
-    multiplier, bias: for unfused batch norms, the existing `gamma/sigma` and
-      `beta - mean * gamma / sigma` tensors (None for fused ones).
-    scale_mul: for unfused batch norms, the `x * multiplier` op.
-    pre_bias: a per-channel bias added between the layer and the batch norm.
-  """
+    Attributes:
+        op: the FusedBatchNorm* op, or the final add of an unfused batch norm.
+        fused: whether `op` is a FusedBatchNorm* op.
+        input: the tensor normalized (the layer output, possibly biased).
+        output: the tensor whose consumers the fold reroutes.
+        gamma: the scale tensor, or None for a batch norm without scale.
+        beta: the offset tensor.
+        epsilon: a Python float (fused) or a tensor (unfused).
+        mean: the mean the batch norm consumes (batch mean in training mode).
+        variance: the variance it consumes; for a training-mode fused op this is
+            output 2, which carries Bessel's correction (see folding).
+        is_training: whether it normalizes with batch statistics.
+        moving_mean, moving_variance: tensors read by the moving-average updates.
+        mean_decay, variance_decay: the `1 - momentum` tensors of those updates.
+        multiplier, bias: for unfused batch norms, the existing `gamma/sigma` and
+            `beta - mean * gamma / sigma` tensors (None for fused ones).
+        scale_mul: for unfused batch norms, the `x * multiplier` op.
+        pre_bias: a per-channel bias added between the layer and the batch norm.
+    """
     op: tf.Operation
     fused: bool
     input: tf.Tensor
@@ -193,20 +193,20 @@ class BatchNormRecord:
 class LayerRecord:
     """One Conv2D / DepthwiseConv2dNative / MatMul layer and what surrounds it.
 
-  Folding updates `layer`, `weights`, `bias_add` and `batch_to_space` to the
-  folded ops and clears `batch_norm`; quantization then reads the record.
+    Folding updates `layer`, `weights`, `bias_add` and `batch_to_space` to the
+    folded ops and clears `batch_norm`; quantization then reads the record.
 
-  Attributes:
-    layer: the layer op.
-    weights: the weight tensor the layer reads (a variable read or a Mul).
-    batch_to_space: the BatchToSpaceND after an atrous layer, if any.
-    batch_norm: the batch norm to fold, if any.
-    bias_add: the op adding the bias (BiasAdd, or `add_fold` once folded).
-    bypass: a residual Add before the activation.
-    activation: Relu / Relu6 / Identity after the layer.
-    post_activation_bypass: an Add after the activation.
-    is_separable_inner: the layer feeds another layer directly.
-  """
+    Attributes:
+        layer: the layer op.
+        weights: the weight tensor the layer reads (a variable read or a Mul).
+        batch_to_space: the BatchToSpaceND after an atrous layer, if any.
+        batch_norm: the batch norm to fold, if any.
+        bias_add: the op adding the bias (BiasAdd, or `add_fold` once folded).
+        bypass: a residual Add before the activation.
+        activation: Relu / Relu6 / Identity after the layer.
+        post_activation_bypass: an Add after the activation.
+        is_separable_inner: the layer feeds another layer directly.
+    """
     layer: tf.Operation
     weights: tf.Tensor
     batch_to_space: Optional[tf.Operation] = None
@@ -235,15 +235,15 @@ class LayerRecord:
 def find_layers(graph: tf.Graph) -> List[LayerRecord]:
     """Finds every quantizable layer of `graph`, once, in graph order.
 
-  Batch norms whose output nobody reads (already folded) are not part of any
-  record, which is what makes a second rewrite a no-op.
+    Batch norms whose output nobody reads (already folded) are not part of any
+    record, which is what makes a second rewrite a no-op.
 
-  Args:
-    graph: the graph to search.
+    Args:
+        graph: the graph to search.
 
-  Returns:
-    A list of `LayerRecord`s.
-  """
+    Returns:
+        A list of `LayerRecord`s.
+    """
     ops = graph.get_operations()
     bn_inputs = _identities_before_live_batch_norms(ops)
     records = []
@@ -263,7 +263,8 @@ def find_layers(graph: tf.Graph) -> List[LayerRecord]:
 
 
 def find_standalone_batch_norms(
-        graph: tf.Graph, records: Sequence[LayerRecord]) -> List[BatchNormRecord]:
+        graph: tf.Graph,
+        records: Sequence[LayerRecord]) -> List[BatchNormRecord]:
     """Finds the live batch norms that no layer record folds.
 
     Args:
@@ -330,9 +331,9 @@ def _record_from_match(match) -> Optional[LayerRecord]:
 def _is_partial_fully_connected_match(match) -> bool:
     """A fused BN after a MatMul works on a 4-D reshape of its output; the
     match must include the Reshape back to 2-D (found from a later root)."""
-    return (match.get_op('fused_bn') is not None and
-            match.get_op('layer').type == 'MatMul' and
-            match.get_op('bn_output_reshape') is None)
+    return (match.get_op('fused_bn') is not None
+            and match.get_op('layer').type == 'MatMul'
+            and match.get_op('bn_output_reshape') is None)
 
 
 def batch_norm_record(match) -> BatchNormRecord:
@@ -407,9 +408,9 @@ def _is_variable_read(tensor: tf.Tensor) -> bool:
 def _moving_average_update(statistic: tf.Tensor):
     """Finds `(moving - statistic) * decay`, the moving-average update step.
 
-  Returns:
-    (moving statistic tensor, decay tensor), or (None, None).
-  """
+    Returns:
+        (moving statistic tensor, decay tensor), or (None, None).
+    """
     for sub in statistic.consumers():
         if sub.type != 'Sub' or not graph_edit.same_tensor(
                 sub.inputs[1], statistic):
