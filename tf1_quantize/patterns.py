@@ -280,9 +280,17 @@ def find_standalone_batch_norms(
         if (match.get_op('fused_bn') or match.get_op('unfused_bn')) in claimed:
             continue
         record = batch_norm_record(match)
-        if graph_edit.consumers(record.output):
+        if not _is_dead(record.output):
             found.append(record)
     return found
+
+
+def _is_dead(tensor: tf.Tensor) -> bool:
+    """Nothing uses `tensor`, except reshapes nothing uses (the output Reshape
+    of a fully connected batch norm folded earlier)."""
+    return all(
+        op.type in ('Reshape', 'Identity') and _is_dead(op.outputs[0])
+        for op in graph_edit.consumers(tensor))
 
 
 def _identities_before_live_batch_norms(

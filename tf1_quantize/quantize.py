@@ -92,12 +92,13 @@ class _Inserter:
             return
         if is_followed_by_fake_quant(tensor):
             return
-        prefix = graph_edit.join_scope(context, name)
+        prefix = _strip_caller_scope(self.graph,
+                                     graph_edit.join_scope(context, name))
         symmetric = self.config.symmetric if symmetric is None else symmetric
         quantize = (quant_ops.moving_avg_quantize if moving_avg else
                     quant_ops.last_value_quantize)
         extra = {'ema_decay': self.config.ema_decay} if moving_avg else {}
-        with _root_scopes(self.graph):
+        with _root_variable_scope(self.graph):
             quantized = quantize(tensor, name_prefix=prefix,
                                  is_training=self.config.is_training,
                                  num_bits=bits, narrow_range=narrow_range,
@@ -124,13 +125,23 @@ class _Inserter:
 
 
 @contextlib.contextmanager
-def _root_scopes(graph: tf.Graph):
-    """Names are absolute whatever name or variable scope the caller has."""
+def _root_variable_scope(graph: tf.Graph):
+    """Range variables are named after the layer, whatever variable scope the
+    caller has open."""
     root = tf.compat.v1.VariableScope(reuse=False)
-    with graph.as_default(), \
-            tf.compat.v1.variable_scope(root, auxiliary_name_scope=False), \
-            graph.name_scope(None):
+    with graph.as_default(), tf.compat.v1.variable_scope(
+            root, auxiliary_name_scope=False):
         yield
+
+
+def _strip_caller_scope(graph: tf.Graph, prefix: str) -> str:
+    """Called inside name scope `S` on a model built in `S`, the quantizer
+    names must not repeat `S` (spec §3.3 step 3): ops land in `S/prefix`
+    and range variables in `prefix`, as contrib's checkpoints have them."""
+    current = graph.get_name_scope()
+    if current and prefix.startswith(current + '/'):
+        return prefix[len(current) + 1:]
+    return prefix
 
 
 def is_followed_by_fake_quant(tensor: tf.Tensor) -> bool:
