@@ -337,10 +337,37 @@ def _assign_moving_average(variable: tf.Variable,
                            ema_decay: float) -> tf.Tensor:
     """Updates a zero-debiased moving average (`AssignMinEma` / `...MaxEma`).
 
-    TF's helper (exported only under `tf.__internal__` in TF 2.x) is used
-    because its shadow variables `biased` / `local_step` must keep their
-    TF1 checkpoint names.
+    The average (Kingma & Ba 2015, section 3) keeps a biased average and a
+    step count in shadow variables named as TF1 named them, `<P>/<P>/min/
+    biased` and `<P>/<P>/min/local_step`, so contrib checkpoints restore:
+
+        biased <- biased - (biased - value) * (1 - d)
+        local_step <- local_step + 1
+        variable <- biased / (1 - d ** local_step)
+
+    TF's own helper computes the same but scans every global variable of the
+    scope for each shadow variable it creates, which makes large rewrites
+    quadratic; the arithmetic below matches it op for op (float32 `1 - d`).
     """
-    return tf.__internal__.train.assign_moving_average(
-        variable, value, ema_decay, zero_debias=True,
-        name=f'Assign{bound}Ema')
+    with tf.compat.v1.variable_scope(variable.op.name):
+        biased = _shadow_variable('biased', variable.shape)
+        local_step = _shadow_variable('local_step', [])
+    with tf.name_scope(f'Assign{bound}Ema') as scope:
+        one_minus_decay = tf.constant(1.0 - ema_decay, tf.float32,
+                                      name='decay')
+        update_biased = tf.compat.v1.assign_sub(
+            biased, (biased - value) * one_minus_decay)
+        update_step = tf.compat.v1.assign_add(local_step, 1.0)
+        bias_factor = 1.0 - tf.pow(1.0 - one_minus_decay, update_step)
+        return tf.compat.v1.assign(variable, update_biased / bias_factor,
+                                   name=scope)
+
+
+def _shadow_variable(name: str, shape) -> tf.Variable:
+    return tf.compat.v1.get_variable(
+        name,
+        shape=shape,
+        dtype=tf.float32,
+        initializer=tf.compat.v1.zeros_initializer(),
+        trainable=False,
+        collections=[_GLOBAL_VARIABLES])
