@@ -86,8 +86,8 @@ def experimental_create_training_graph(input_graph: Optional[tf.Graph] = None,
                                        freeze_bn_delay: Optional[int] = None,
                                        scope: Optional[str] = None,
                                        *,
-                                       per_channel_weights: bool = False
-                                       ) -> None:
+                                       per_channel_weights: bool = False,
+                                       one_conv_fold: bool = False) -> None:
     """`create_training_graph` with every parameter exposed.
 
     Args:
@@ -102,6 +102,9 @@ def experimental_create_training_graph(input_graph: Optional[tf.Graph] = None,
         per_channel_weights: quantize Conv2D weights with one symmetric
             range per output channel (TFLite's int8 per-channel kernels); not
             in contrib, off by default. Other layers keep per-tensor ranges.
+        one_conv_fold: fold training batch norms with one convolution per
+            layer (batch statistics from the folded convolution's output)
+            instead of contrib's two; not in contrib, off by default.
 
     Raises:
         TypeError: if `input_graph` is not a `tf.Graph`.
@@ -110,7 +113,8 @@ def experimental_create_training_graph(input_graph: Optional[tf.Graph] = None,
     _rewrite(input_graph, is_training=True, weight_bits=weight_bits,
              activation_bits=activation_bits, symmetric=symmetric,
              quant_delay=quant_delay, freeze_bn_delay=freeze_bn_delay,
-             scope=scope, per_channel_weights=per_channel_weights)
+             scope=scope, per_channel_weights=per_channel_weights,
+             one_conv_fold=one_conv_fold)
 
 
 def experimental_create_eval_graph(input_graph: Optional[tf.Graph] = None,
@@ -146,8 +150,9 @@ def experimental_create_eval_graph(input_graph: Optional[tf.Graph] = None,
 
 def fold_batch_norms(graph: Optional[tf.Graph] = None,
                      is_training: bool = True,
-                     freeze_bn_delay: Optional[int] = None
-                     ) -> report_lib.RewriteReport:
+                     freeze_bn_delay: Optional[int] = None,
+                     *,
+                     one_conv_fold: bool = False) -> report_lib.RewriteReport:
     """Folds every batch norm into the layer before it, without quantizing.
 
     Args:
@@ -156,6 +161,7 @@ def fold_batch_norms(graph: Optional[tf.Graph] = None,
             rather than the eval fold.
         freeze_bn_delay: steps after which the training fold switches to the
             moving statistics; None never switches.
+        one_conv_fold: see `experimental_create_training_graph`.
 
     Returns:
         A `RewriteReport` of what was folded.
@@ -165,12 +171,13 @@ def fold_batch_norms(graph: Optional[tf.Graph] = None,
         ValueError: if the graph is finalized or a batch norm cannot be folded.
     """
     return _rewrite(graph, is_training=is_training,
-                    freeze_bn_delay=freeze_bn_delay, quantize_layers=False)
+                    freeze_bn_delay=freeze_bn_delay,
+                    one_conv_fold=one_conv_fold, quantize_layers=False)
 
 
 def _rewrite(input_graph, *, is_training, weight_bits=8, activation_bits=8,
              symmetric=False, quant_delay=None, freeze_bn_delay=None,
-             scope=None, per_channel_weights=False,
+             scope=None, per_channel_weights=False, one_conv_fold=False,
              quantize_layers=True) -> report_lib.RewriteReport:
     graph = _resolve_graph(input_graph)
     _check_arguments(weight_bits, activation_bits, quant_delay,
@@ -184,7 +191,8 @@ def _rewrite(input_graph, *, is_training, weight_bits=8, activation_bits=8,
     folded = [r.layer.name for r in records if r.batch_norm is not None]
     layers = [r.layer.name for r in records]
     with graph.as_default():
-        folding.fold(graph, records, is_training, freeze_bn_delay)
+        folding.fold(graph, records, is_training, freeze_bn_delay,
+                     one_conv=bool(one_conv_fold))
         affines = [
             folding.rewrite_as_affine(graph, bn, is_training, freeze_bn_delay)
             for bn in standalone

@@ -125,7 +125,7 @@ def _is_nchw(op: tf.Operation) -> bool:
 
 
 def fold(graph: tf.Graph, records: List[LayerRecord], is_training: bool,
-         freeze_bn_delay: Optional[int]) -> None:
+         freeze_bn_delay: Optional[int], one_conv: bool = False) -> None:
     """Folds the batch norm of each record into its layer, in place.
 
     Call `validate` first. Each folded record is updated to describe the new
@@ -138,33 +138,35 @@ def fold(graph: tf.Graph, records: List[LayerRecord], is_training: bool,
         is_training: build the training fold (corrections, freeze).
         freeze_bn_delay: step from which the moving statistics are used, or
             None to keep batch statistics throughout training.
+        one_conv: in training, take the batch statistics from the folded
+            layer's output instead of running the original layer too (see
+            `_one_conv_layer`).
     """
     for record in records:
         if record.batch_norm is not None:
-            _fold_one(graph, record, is_training, freeze_bn_delay)
+            _fold_one(graph, record, is_training, freeze_bn_delay, one_conv)
 
 
-def _fold_one(graph, record, is_training, freeze_bn_delay):
+def _fold_one(graph, record, is_training, freeze_bn_delay, one_conv):
     bn = record.batch_norm
-    training_fold = is_training and bn.is_training
-    stats = _statistics(graph, bn, training_fold)
     names = _FoldNames(record)
-    multiplier, bias = _multiplier_and_bias(graph, bn, stats, names)
-    weights = record.weights
-    corrections = None
-    if training_fold:
+    training_fold = is_training and bn.is_training
+    if training_fold and one_conv:
+        weights, output, layer, batch_to_space, stats = _one_conv_layer(
+            graph, record, names)
+        _, bias = _multiplier_and_bias(graph, bn, stats, names, reuse=False)
         corrections = _corrections(graph, bn, stats, names, freeze_bn_delay)
-    with graph_edit.absolute_name_scope(graph, names.bn_fold_scope):
-        if corrections is not None:
-            correction = _per_output_channel(corrections.scale, record,
-                                             'correction_reshape')
-        multiplier = _per_output_channel(multiplier, record, 'scale_reshape')
-    with graph_edit.absolute_name_scope(graph, names.layer_scope):
-        if corrections is not None:
-            weights = tf.multiply(correction, weights, name='correction_mult')
-        weights = tf.multiply(weights, multiplier, name='mul_fold')
-    output, layer, batch_to_space = _clone_layer(graph, record, weights,
-                                                 names)
+    else:
+        stats = _statistics(graph, bn, training_fold)
+        multiplier, bias = _multiplier_and_bias(graph, bn, stats, names)
+        corrections = None
+        if training_fold:
+            corrections = _corrections(graph, bn, stats, names,
+                                       freeze_bn_delay)
+        weights = _folded_weights(graph, record, names, multiplier,
+                                  corrections)
+        output, layer, batch_to_space = _clone_layer(graph, record, weights,
+                                                     names)
     with graph_edit.absolute_name_scope(graph, names.layer_scope):
         if corrections is not None:
             output = tf.multiply(corrections.recip, output,
@@ -178,6 +180,74 @@ def _fold_one(graph, record, is_training, freeze_bn_delay):
     record.layer, record.weights = layer, weights
     record.batch_to_space, record.bias_add = batch_to_space, add_fold.op
     record.batch_norm = None
+
+
+def _folded_weights(graph, record: LayerRecord, names, multiplier,
+                    corrections: Optional[_Corrections]) -> tf.Tensor:
+    """`w * gamma / sigma`, times `sigma_B / sigma_mv` in training."""
+    weights = record.weights
+    with graph_edit.absolute_name_scope(graph, names.bn_fold_scope):
+        if corrections is not None:
+            correction = _per_output_channel(corrections.scale, record,
+                                             'correction_reshape')
+        multiplier = _per_output_channel(multiplier, record, 'scale_reshape')
+    with graph_edit.absolute_name_scope(graph, names.layer_scope):
+        if corrections is not None:
+            weights = tf.multiply(correction, weights, name='correction_mult')
+        return tf.multiply(weights, multiplier, name='mul_fold')
+
+
+def _one_conv_layer(graph, record: LayerRecord, names):
+    """The training fold with one convolution per layer (opt-in).
+
+    contrib runs the original layer for the batch statistics and the folded
+    one for the output. Here the folded layer (weights `w * gamma / sigma_mv`,
+    which is what the exact fold feeds it too) runs alone; dividing its
+    output by `gamma / sigma_mv` gives back `conv(x, w)` (with quantized
+    weights), whose moments are the batch statistics, as in PyTorch's ConvBn
+    QAT modules. The moving-average updates are rerouted to these
+    statistics, so the original layer and batch norm no longer run.
+
+    Returns:
+        (folded weights, layer output, clone, BatchToSpaceND clone or None,
+        `_Statistics`).
+    """
+    bn = record.batch_norm
+    with graph_edit.absolute_name_scope(graph, names.bn_fold_scope):
+        moving_multiplier = _scale(bn.gamma, bn.moving_variance, bn.epsilon)
+        multiplier = _per_output_channel(moving_multiplier, record,
+                                         'scale_reshape')
+    with graph_edit.absolute_name_scope(graph, names.layer_scope):
+        weights = tf.multiply(record.weights, multiplier, name='mul_fold')
+    output, layer, batch_to_space = _clone_layer(graph, record, weights,
+                                                 names)
+    with graph_edit.absolute_name_scope(graph, names.bn_fold_scope):
+        unfolded = tf.math.divide(output, moving_multiplier, name='unfold')
+        if bn.pre_bias is not None:
+            unfolded = tf.add(unfolded, bn.pre_bias, name='add_pre_bias')
+        mean, variance = tf.nn.moments(
+            unfolded, list(range(unfolded.shape.rank - 1)), name='moments')
+        reported = variance
+        if bn.fused:  # its updates expect Bessel's unbiased variance
+            n = _elements_per_channel(unfolded, mean)
+            reported = tf.multiply(variance, n / (n - 1.0), name='unbiased')
+    graph_edit.reroute(mean, bn.mean_update.inputs[1],
+                       can_modify=[bn.mean_update])
+    graph_edit.reroute(reported, bn.variance_update.inputs[1],
+                       can_modify=[bn.variance_update])
+    stats = _Statistics(mean=mean, variance=variance,
+                        moving_mean=bn.moving_mean,
+                        moving_variance=bn.moving_variance)
+    _centre(graph, bn, stats)
+    return weights, output, layer, batch_to_space, stats
+
+
+def _scale(gamma, variance, epsilon) -> tf.Tensor:
+    """`gamma / sqrt(variance + epsilon)` (without gamma when it is None)."""
+    multiplier = tf.math.rsqrt(variance + epsilon)
+    if gamma is not None:
+        multiplier = tf.multiply(gamma, multiplier, name='mul')
+    return multiplier
 
 
 class _FoldNames:
@@ -218,16 +288,20 @@ def _statistics(graph, bn: BatchNormRecord, training_fold: bool) -> _Statistics:
     if training_fold:
         stats.moving_mean = bn.moving_mean
         stats.moving_variance = bn.moving_variance
-    if bn.pre_bias is not None:
-        with graph_edit.absolute_name_scope(graph,
-                                            graph_edit.scope_of(bn.op)):
-            stats.mean = tf.subtract(stats.mean, bn.pre_bias,
-                                     name='centred_mean')
-            if stats.moving_mean is not None:
-                stats.moving_mean = tf.subtract(stats.moving_mean,
-                                                bn.pre_bias,
-                                                name='centred_moving_mean')
+    _centre(graph, bn, stats)
     return stats
+
+
+def _centre(graph, bn: BatchNormRecord, stats: _Statistics) -> None:
+    """Shifts the means by a bias added before the batch norm (see the
+    module docstring)."""
+    if bn.pre_bias is None:
+        return
+    with graph_edit.absolute_name_scope(graph, graph_edit.scope_of(bn.op)):
+        stats.mean = tf.subtract(stats.mean, bn.pre_bias, name='centred_mean')
+        if stats.moving_mean is not None:
+            stats.moving_mean = tf.subtract(stats.moving_mean, bn.pre_bias,
+                                            name='centred_moving_mean')
 
 
 def _undo_bessel_correction(graph, bn: BatchNormRecord) -> tf.Tensor:
@@ -248,20 +322,18 @@ def _elements_per_channel(x: tf.Tensor, channel_vector: tf.Tensor):
 
 
 def _multiplier_and_bias(graph, bn: BatchNormRecord, stats: _Statistics,
-                         names: _FoldNames):
+                         names: _FoldNames, reuse: bool = True):
     """`gamma / sigma` and `beta - mean * gamma / sigma`.
 
-    An unfused BN already computes both; they are reused unless a pre-BN
-    bias changes the mean.
+    An unfused BN already computes both; they are reused (when `reuse`)
+    unless a pre-BN bias changes the mean.
     """
-    if bn.multiplier is not None and bn.pre_bias is None:
+    if reuse and bn.multiplier is not None and bn.pre_bias is None:
         return bn.multiplier, bn.bias
     with graph_edit.absolute_name_scope(graph, names.bn_fold_scope):
-        multiplier = bn.multiplier
+        multiplier = bn.multiplier if reuse else None
         if multiplier is None:
-            multiplier = tf.math.rsqrt(stats.variance + bn.epsilon)
-            if bn.gamma is not None:
-                multiplier = tf.multiply(bn.gamma, multiplier, name='mul')
+            multiplier = _scale(bn.gamma, stats.variance, bn.epsilon)
         bias = tf.subtract(bn.beta, stats.mean * multiplier, name='bias')
     return multiplier, bias
 
@@ -411,9 +483,7 @@ def rewrite_as_affine(graph: tf.Graph, bn: BatchNormRecord, is_training: bool,
                                                lambda: stats.moving_variance,
                                                lambda: variance,
                                                name='variance')
-        multiplier = tf.math.rsqrt(variance + bn.epsilon)
-        if bn.gamma is not None:
-            multiplier = tf.multiply(bn.gamma, multiplier)
+        multiplier = _scale(bn.gamma, variance, bn.epsilon)
         offset = tf.subtract(bn.beta, mean * multiplier, name='offset')
         # Only the multiply reads this copy, so its FakeQuant affects only it.
         multiplier = tf.identity(multiplier, name='multiplier')

@@ -162,7 +162,8 @@ class BatchNormRecord:
         variance: the variance it consumes; for a training-mode fused op this is
             output 2, which carries Bessel's correction (see folding).
         is_training: whether it normalizes with batch statistics.
-        moving_mean, moving_variance: tensors read by the moving-average updates.
+        mean_update, variance_update: the `moving - batch` Sub ops of the
+            moving-average updates (input 0 reads the moving statistic).
         mean_decay, variance_decay: the `1 - momentum` tensors of those updates.
         multiplier, bias: for unfused batch norms, the existing `gamma/sigma` and
             `beta - mean * gamma / sigma` tensors (None for fused ones).
@@ -179,14 +180,22 @@ class BatchNormRecord:
     mean: tf.Tensor
     variance: tf.Tensor
     is_training: bool
-    moving_mean: Optional[tf.Tensor] = None
-    moving_variance: Optional[tf.Tensor] = None
+    mean_update: Optional[tf.Operation] = None
+    variance_update: Optional[tf.Operation] = None
     mean_decay: Optional[tf.Tensor] = None
     variance_decay: Optional[tf.Tensor] = None
     multiplier: Optional[tf.Tensor] = None
     bias: Optional[tf.Tensor] = None
     scale_mul: Optional[tf.Operation] = None
     pre_bias: Optional[tf.Tensor] = None
+
+    @property
+    def moving_mean(self) -> Optional[tf.Tensor]:
+        return self.mean_update.inputs[0] if self.mean_update else None
+
+    @property
+    def moving_variance(self) -> Optional[tf.Tensor]:
+        return self.variance_update.inputs[0] if self.variance_update else None
 
 
 @dataclasses.dataclass
@@ -350,10 +359,10 @@ def batch_norm_record(match) -> BatchNormRecord:
     record = (_fused_record(match, fused)
               if fused is not None else _unfused_record(match))
     if record.is_training:
-        record.moving_mean, record.mean_decay = _moving_average_update(
+        record.mean_update, record.mean_decay = _moving_average_update(
             _batch_statistic(record, 1))
-        record.moving_variance, record.variance_decay = _moving_average_update(
-            _batch_statistic(record, 2))
+        record.variance_update, record.variance_decay = (
+            _moving_average_update(_batch_statistic(record, 2)))
     pre_bias = match.get_op('pre_bn_bias_add')
     record.pre_bias = pre_bias.inputs[1] if pre_bias is not None else None
     return record
@@ -417,7 +426,7 @@ def _moving_average_update(statistic: tf.Tensor):
     """Finds `(moving - statistic) * decay`, the moving-average update step.
 
     Returns:
-        (moving statistic tensor, decay tensor), or (None, None).
+        (the Sub op, the decay tensor), or (None, None).
     """
     for sub in statistic.consumers():
         if sub.type != 'Sub' or not graph_edit.same_tensor(
@@ -430,5 +439,5 @@ def _moving_average_update(statistic: tf.Tensor):
                     if not graph_edit.same_tensor(t, sub.outputs[0])
                 ]
                 if other:
-                    return sub.inputs[0], other[0]
+                    return sub, other[0]
     return None, None

@@ -1,0 +1,103 @@
+"""The opt-in one-convolution training fold (`one_conv_fold=True`).
+
+It must compute exactly what contrib's two-convolution fold computes (the
+original batch-statistics BN) while running each layer only once.
+"""
+
+import itertools
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import graph_builders as gb
+import tf1_quantize
+
+v1 = tf.compat.v1
+STEPS = 3
+
+
+def _specs():
+    for layer, bn, resource in itertools.product(
+            ('conv', 'depthwise', 'fc', 'atrous'), ('fused', 'unfused'),
+            (False, True)):
+        yield gb.LayerSpec(layer=layer, bn=bn, resource=resource,
+                           activation='relu6')
+
+
+def _train(spec, rewrite):
+    """Output and gradients on one batch, then the moving statistics after
+    STEPS update steps on other batches."""
+    built = gb.build_contrib_layer(spec)
+    head = gb.add_head(built)
+    graph = built.graph
+    with graph.as_default():
+        if rewrite:
+            rewrite(graph)
+        grads = v1.gradients(tf.reduce_sum(head),
+                             [built.inputs, built.weights, built.beta])
+        updates = v1.get_collection(v1.GraphKeys.UPDATE_OPS)
+        with v1.Session() as sess:
+            sess.run(v1.global_variables_initializer())
+            feeds = built.feeds(STEPS + 1)
+            values = sess.run([head] + grads, feeds[0])
+            for feed in feeds[1:]:
+                sess.run(updates, feed)
+            values += sess.run([built.moving_mean, built.moving_variance])
+    return values, graph, updates, head
+
+
+def _assert_matches(expected, actual):
+    for want, got in zip(expected, actual):
+        scale = max(np.abs(want).max(), 1e-6)
+        np.testing.assert_allclose(got, want, rtol=0, atol=2e-4 * scale)
+
+
+@pytest.mark.parametrize('spec', list(_specs()), ids=lambda s: s.id)
+def test_one_conv_fold_equals_batch_statistics_bn(spec):
+    expected, _, _, _ = _train(spec, None)
+    actual, _, _, _ = _train(spec, lambda g: tf1_quantize.fold_batch_norms(
+        g, is_training=True, one_conv_fold=True))
+    _assert_matches(expected, actual)
+
+
+@pytest.mark.parametrize('spec', list(_specs())[:4], ids=lambda s: s.id)
+def test_one_conv_fold_runs_each_layer_once(spec):
+    _, graph, updates, head = _train(
+        spec, lambda g: tf1_quantize.experimental_create_training_graph(
+            g, quant_delay=5, one_conv_fold=True))
+    fetched = [head.op.name] + [getattr(u, 'op', u).name for u in updates]
+    live = v1.graph_util.extract_sub_graph(graph.as_graph_def(), fetched)
+    layer_types = ('Conv2D', 'DepthwiseConv2dNative', 'MatMul')
+    layers = [n.name for n in live.node if n.op in layer_types]
+    assert len(layers) == 1 and layers[0].endswith('_Fold')
+    assert not [n.name for n in live.node if n.op.startswith('FusedBatch')]
+
+
+def test_one_conv_fold_freezes_like_the_exact_fold():
+    spec = gb.LayerSpec(layer='conv', bn='fused', activation='relu')
+    outputs = []
+    for one_conv in (False, True):
+        built = gb.build_contrib_layer(spec)
+        tf1_quantize.fold_batch_norms(built.graph, is_training=True,
+                                      freeze_bn_delay=2,
+                                      one_conv_fold=one_conv)
+        with built.graph.as_default(), v1.Session() as sess:
+            sess.run(v1.global_variables_initializer())
+            step_outputs = [sess.run([built.output] + built.update_ops,
+                                     feed)[0] for feed in built.feeds(3)]
+            outputs.append(step_outputs +
+                           sess.run([built.moving_mean,
+                                     built.moving_variance]))
+    _assert_matches(outputs[0], outputs[1])
+
+
+def test_one_conv_fold_is_idempotent():
+    built = gb.build_contrib_layer(gb.LayerSpec())
+    tf1_quantize.experimental_create_training_graph(built.graph,
+                                                    one_conv_fold=True)
+    before = built.graph.as_graph_def().SerializeToString(deterministic=True)
+    tf1_quantize.experimental_create_training_graph(built.graph,
+                                                    one_conv_fold=True)
+    after = built.graph.as_graph_def().SerializeToString(deterministic=True)
+    assert before == after
