@@ -76,6 +76,7 @@ REWRITE_KEYS = ('layers', 'float_ops', 'ops_added', 'ops_added_per_layer',
                 'per_op_cost_ratio', 'per_op_cost_ratio_cpu',
                 'tracemalloc_peak_mib')
 STEP_KEYS = ('float_step_ms', 'qat_step_ms', 'qat_step_ratio',
+             'qat_one_conv_step_ms', 'qat_one_conv_step_ratio',
              'float_inference_ms', 'eval_inference_ms',
              'eval_inference_ratio', 'layers')
 

@@ -73,6 +73,7 @@ v1 = tf.compat.v1
 # Issue targets (reported, not enforced).
 TARGET_PER_OP_COST_RATIO = 1.2   # rewrite cost per op / build cost per op
 TARGET_QAT_STEP_RATIO = 2.0      # QAT training step / float step, model A
+TARGET_ONE_CONV_STEP_RATIO = 1.3  # the same with one_conv_fold=True
 TARGET_EVAL_INFERENCE_RATIO = 1.2  # fake-quant inference / float inference
 
 LAYER_OP_TYPES = ('Conv2D', 'DepthwiseConv2dNative', 'MatMul')
@@ -551,14 +552,24 @@ def _session(graph: tf.Graph) -> v1.Session:
     return session
 
 
-def _training_session(spec: ModelSpec, seed: int, quantized: bool,
+# Training variants timed side by side: name -> rewrite (None: float).
+_TRAINING_VARIANTS = {
+    'float': None,
+    'qat': tf1_quantize.create_training_graph,
+    'qat_one_conv': lambda graph: (
+        tf1_quantize.experimental_create_training_graph(
+            graph, one_conv_fold=True)),
+}
+
+
+def _training_session(spec: ModelSpec, seed: int, rewrite,
                       learning_rate: float):
-    """A session training `spec`, float or rewritten for QAT."""
+    """A session training `spec`, float or rewritten for QAT by `rewrite`."""
     model = build_model(spec, training=True, seed=seed)
     graph = model.graph
     layers = count_layer_ops(graph)
-    if quantized:
-        tf1_quantize.create_training_graph(input_graph=graph)
+    if rewrite is not None:
+        rewrite(graph)
     with graph.as_default():  # The optimizer comes after the rewrite.
         optimizer = v1.train.GradientDescentOptimizer(learning_rate)
         with tf.control_dependencies(v1.get_collection(
@@ -610,9 +621,9 @@ def measure_steps(spec: ModelSpec, seed: int, steps: int, warmup: int,
     sessions = []
     try:
         train = {}
-        for name, quantized in (('float', False), ('qat', True)):
+        for name, rewrite in _TRAINING_VARIANTS.items():
             model, session, train_op, layers = _training_session(
-                spec, seed, quantized, learning_rate)
+                spec, seed, rewrite, learning_rate)
             sessions.append(session)
             feed = {model.inputs: images, model.labels: labels}
             fetches = [train_op, model.loss]
@@ -622,6 +633,9 @@ def measure_steps(spec: ModelSpec, seed: int, steps: int, warmup: int,
         result['float_step_ms'] = 1e3 * medians['float']
         result['qat_step_ms'] = 1e3 * medians['qat']
         result['qat_step_ratio'] = medians['qat'] / medians['float']
+        result['qat_one_conv_step_ms'] = 1e3 * medians['qat_one_conv']
+        result['qat_one_conv_step_ratio'] = (medians['qat_one_conv'] /
+                                             medians['float'])
         infer = {}
         for name, quantized in (('float', False), ('fake_quant', True)):
             model, session = _inference_session(spec, seed, quantized)
@@ -851,6 +865,9 @@ def evaluate_targets(results: dict) -> List[dict]:
         if 'model_a' in step:
             add('model_a QAT step / float step',
                 step['model_a']['qat_step_ratio'], TARGET_QAT_STEP_RATIO)
+            add('model_a one-conv QAT step / float step',
+                step['model_a']['qat_one_conv_step_ratio'],
+                TARGET_ONE_CONV_STEP_RATIO)
         for name, entry in step.items():
             add('%s eval inference / float inference' % name,
                 entry['eval_inference_ratio'], TARGET_EVAL_INFERENCE_RATIO)
@@ -922,13 +939,16 @@ def format_report(results: dict) -> str:
         rows = [[name, '%dx%d b%d' % (m['image_size'], m['image_size'],
                                       m['batch']), m['steps'],
                  _fmt(m['float_step_ms']), _fmt(m['qat_step_ms']),
-                 _fmt(m['qat_step_ratio']), _fmt(m['float_inference_ms']),
+                 _fmt(m['qat_step_ratio']), _fmt(m['qat_one_conv_step_ms']),
+                 _fmt(m['qat_one_conv_step_ratio']),
+                 _fmt(m['float_inference_ms']),
                  _fmt(m['eval_inference_ms']),
                  _fmt(m['eval_inference_ratio'])]
                 for name, m in step.items()]
         parts.append('\nStep cost (median ms, interleaved runs)\n' + _table(
             ['model', 'input', 'steps', 'float step', 'QAT step', 'ratio',
-             'float infer', 'FQ infer', 'ratio'], rows))
+             '1-conv QAT', 'ratio', 'float infer', 'FQ infer', 'ratio'],
+            rows))
     profile = results.get('profile')
     if profile:
         def rows(entries):
@@ -1004,6 +1024,7 @@ def run(quick: bool = False, only: Optional[str] = None, seed: int = 0,
                     rewrite_cpu_s,ops_added} ratios
             step (unless only='rewrite'): {model name: {
                 float_step_ms, qat_step_ms, qat_step_ratio,
+                qat_one_conv_step_ms, qat_one_conv_step_ratio,
                 float_inference_ms, eval_inference_ms,
                 eval_inference_ratio, layers, batch, image_size, steps,
                 warmup, optimizer, model}}
