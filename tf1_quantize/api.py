@@ -282,13 +282,20 @@ def _check_graph(graph: tf.Graph, records, standalone,
         raise QuantizeError('The graph is finalized; rewrite it before '
                             'creating a MonitoredSession / finalizing it.')
     _check_conditional_layers(graph)
+    _check_outside_control_flow(
+        [r.layer for r in records] +
+        [r.batch_norm.op for r in records if r.batch_norm is not None] +
+        [bn.op for bn in standalone])
     folding.validate(records, standalone, is_training)
-    for record in records:
-        if record.weights.dtype != tf.float32:
+    computed = [(r.layer, r.weights) for r in records]
+    computed += [(r.layer, r.layer.outputs[0]) for r in records]
+    computed += [(bn.op, bn.input) for bn in standalone]
+    for op, tensor in computed:
+        if tensor.dtype != tf.float32:
             raise UnsupportedGraphError(
-                "Layer '%s' reads %s weights '%s'; only float32 layers can be "
-                'quantized.' % (record.layer.name, record.weights.dtype.name,
-                                record.weights.name))
+                "Op '%s' works on %s tensor '%s'; FakeQuant ops and the "
+                'folding math need float32. Quantize the float32 model.' %
+                (op.name, tensor.dtype.name, tensor.name))
 
 
 def _check_conditional_layers(graph: tf.Graph) -> None:
@@ -307,6 +314,18 @@ def _check_conditional_layers(graph: tf.Graph) -> None:
                     'training graph with training=True and the eval graph '
                     'with training=False (Python bools).' %
                     (op.name, reader.name, reader.type))
+
+
+def _check_outside_control_flow(ops) -> None:
+    """TF1 while loops and conds keep their ops in a control-flow context;
+    ops built outside it cannot read their outputs."""
+    for op in ops:
+        context = op._get_control_flow_context()  # pylint: disable=protected-access
+        if context is not None:
+            raise UnsupportedGraphError(
+                "Op '%s' is inside a %s (TF1 control flow); the rewrite "
+                'cannot add ops to it. Build the layers outside while loops '
+                'and conditionals.' % (op.name, type(context).__name__))
 
 
 def _layer_readers(op: tf.Operation):
