@@ -230,7 +230,8 @@ def _one_conv_layer(graph, record: LayerRecord, names):
         reported = variance
         if bn.fused:  # its updates expect Bessel's unbiased variance
             n = _elements_per_channel(unfolded, mean)
-            reported = tf.multiply(variance, n / (n - 1.0), name='unbiased')
+            reported = tf.multiply(variance, n / tf.maximum(n - 1.0, 1.0),
+                                   name='unbiased')
     graph_edit.reroute(mean, bn.mean_update.inputs[1],
                        can_modify=[bn.mean_update])
     graph_edit.reroute(reported, bn.variance_update.inputs[1],
@@ -509,5 +510,6 @@ def _fold_fused_batch_norm_grad(op, *grads):
     if grad_mean is not None:
         grad_x += grad_mean / n
     if grad_var is not None:
-        grad_x += 2.0 * grad_var * (x - mean) / (n - 1.0)
+        # One element per channel: the variance is 0 whatever x is.
+        grad_x += tf.math.divide_no_nan(2.0 * grad_var * (x - mean), n - 1.0)
     return [grad_x] + [None] * (len(op.inputs) - 1)

@@ -153,7 +153,6 @@ class BatchNormRecord:
     Attributes:
         op: the FusedBatchNorm* op, or the final add of an unfused batch norm.
         fused: whether `op` is a FusedBatchNorm* op.
-        input: the tensor normalized (the layer output, possibly biased).
         output: the tensor whose consumers the fold reroutes.
         gamma: the scale tensor, or None for a batch norm without scale.
         beta: the offset tensor.
@@ -172,7 +171,6 @@ class BatchNormRecord:
     """
     op: tf.Operation
     fused: bool
-    input: tf.Tensor
     output: tf.Tensor
     gamma: Optional[tf.Tensor]
     beta: tf.Tensor
@@ -188,6 +186,12 @@ class BatchNormRecord:
     bias: Optional[tf.Tensor] = None
     scale_mul: Optional[tf.Operation] = None
     pre_bias: Optional[tf.Tensor] = None
+
+    @property
+    def input(self) -> tf.Tensor:
+        """The tensor normalized, as the graph has it now (an earlier rewrite
+        may have rerouted it)."""
+        return (self.op.inputs[0] if self.fused else self.scale_mul.inputs[0])
 
     @property
     def moving_mean(self) -> Optional[tf.Tensor]:
@@ -374,7 +378,6 @@ def _fused_record(match, bn: tf.Operation) -> BatchNormRecord:
     return BatchNormRecord(
         op=bn,
         fused=True,
-        input=bn.inputs[0],
         output=reshape.outputs[0] if reshape is not None else bn.outputs[0],
         gamma=bn.inputs[1],
         beta=bn.inputs[2],
@@ -393,7 +396,6 @@ def _unfused_record(match) -> BatchNormRecord:
     return BatchNormRecord(
         op=match.get_op('unfused_bn'),
         fused=False,
-        input=scale_mul.inputs[0],
         output=match.get_op('unfused_bn').outputs[0],
         gamma=scaled.inputs[1] if scaled is not None else None,
         beta=bias.inputs[0],
