@@ -488,8 +488,8 @@ def rewrite_as_affine(graph: tf.Graph, bn: BatchNormRecord, is_training: bool,
         offset = tf.subtract(bn.beta, mean * multiplier, name='offset')
         # Only the multiply reads this copy, so its FakeQuant affects only it.
         multiplier = tf.identity(multiplier, name='multiplier')
-        scaled = tf.multiply(bn.input, multiplier, name='mul')
-        output = tf.raw_ops.Add(x=scaled, y=offset, name='add')
+        scaled = tf.multiply(bn.input, multiplier, name='scaled')
+        output = tf.raw_ops.Add(x=scaled, y=offset, name='shifted')
     graph_edit.reroute(output, bn.output)
     return AffineBatchNorm(batch_norm=bn, scope=scope, multiplier=multiplier,
                            offset=offset, mul=scaled.op, add=output.op)
