@@ -78,7 +78,7 @@ def test_motivating_model_exports_fully_integer_with_parity(tmp_path):
     graph, images, probs = _model(training=False)
     tf1_quantize.experimental_create_eval_graph(graph, symmetric=True)
     test_images = np.random.RandomState(99).uniform(
-        0.0, 1.0, [64, 28, 28, 1]).astype(np.float32)
+        0.0, 1.0, [400, 28, 28, 1]).astype(np.float32)
     with graph.as_default(), v1.Session() as sess:
         v1.train.Saver().restore(sess, checkpoint)
         model, result = export.export_session(
