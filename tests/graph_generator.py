@@ -30,7 +30,8 @@ a `Norm` node ``k`` is the same batch norm in ``N<k>/BatchNorm/...``, other
 nodes live in ``N<k>/``.
 
 Every graph ends in a probe ``loss``: one ``Reshape`` + ``MatMul`` (with a
-constant, seeded vector) per output tensor, summed with ``AddN``. Those op
+constant, seeded vector; a ``Sum`` if the shape is unknown) per output
+tensor, summed with ``AddN``. Those op
 types are not quantized by the rewrite, so the rewrite sees the outputs
 consumed (as in a real model) without touching the probe, and the probe's
 Reshapes tell where the outputs are after a rewrite (`BuiltGraph.outputs`).
@@ -491,7 +492,7 @@ class BuiltGraph:
             return sorted(v1.trainable_variables(), key=lambda v: v.op.name)
 
 
-class _Values:
+class SeededValues:
     """Deterministic values drawn in call order from one seed."""
 
     def __init__(self, seed: int):
@@ -526,7 +527,7 @@ def _activation(x, activation):
     raise ValueError('unknown activation %r' % activation)
 
 
-def _assign_moving_average(variable, value, name):
+def assign_moving_average(variable, value, name):
     """contrib's update: ``variable -= (variable - value) * (1 - momentum)``.
 
     Ops ``<name>/decay`` (Const 1 - momentum), ``<name>/sub``,
@@ -541,7 +542,7 @@ def _assign_moving_average(variable, value, name):
         return v1.assign_sub(variable, delta, name=scope)
 
 
-def _batch_norm(values, node, y, training):
+def contrib_batch_norm(values, node, y, training):
     """contrib's batch_norm in scope ``BatchNorm``; returns (out, vars, ups)."""
     channels = y.shape[-1]
     with v1.variable_scope('BatchNorm'):
@@ -580,8 +581,8 @@ def _batch_norm(values, node, y, training):
         updates = []
         if training and node.bn_updates:
             updates = [
-                _assign_moving_average(moving_mean, mean, 'AssignMovingAvg'),
-                _assign_moving_average(moving_variance, variance,
+                assign_moving_average(moving_mean, mean, 'AssignMovingAvg'),
+                assign_moving_average(moving_variance, variance,
                                        'AssignMovingAvg_1'),
             ]
             for op in updates:
@@ -627,7 +628,7 @@ def _build_layer(values, node, index, tensors, weights_by_node, training,
             weights, y = _layer_op(values, node, x, weights_by_node, index)
             bn_vars, biases, updates = (None,) * 4, None, []
             if node.bn:
-                y, bn_vars, updates = _batch_norm(values, node, y, training)
+                y, bn_vars, updates = contrib_batch_norm(values, node, y, training)
             elif node.bias:
                 biases = _variable('biases', values.normal([y.shape[-1]],
                                                            0.5))
@@ -655,7 +656,7 @@ class _null_scope:  # pylint: disable=invalid-name
 def _build_norm(values, node, index, tensors, training, resource):
     """A `Norm` in variable scope ``N<k>``; returns (handles, updates)."""
     with v1.variable_scope('N%d' % index, use_resource=resource):
-        out, variables, updates = _batch_norm(values, node,
+        out, variables, updates = contrib_batch_norm(values, node,
                                               tensors[node.src], training)
     return NormHandles(*variables, output=out), updates
 
@@ -681,7 +682,8 @@ def _build_other(node, index, tensors):
 
 
 def build(desc: GraphDesc, *, bn_training: bool = True,
-          graph: Optional[tf.Graph] = None) -> BuiltGraph:
+          graph: Optional[tf.Graph] = None,
+          inputs: Optional[tf.Tensor] = None) -> BuiltGraph:
     """Builds `desc` into a fresh graph (or `graph`).
 
     Args:
@@ -690,18 +692,25 @@ def build(desc: GraphDesc, *, bn_training: bool = True,
             their moving averages (training graph), or use the moving
             statistics (inference graph). Variable names are the same.
         graph: the graph to build in; a new one if None.
+        inputs: a tensor to use as tensor 0 instead of a new ``input``
+            placeholder (e.g. one of unknown shape, or a cast); its graph
+            is used.
 
     Returns:
         The BuiltGraph.
     """
+    if inputs is not None:
+        graph = inputs.graph
     graph = graph or tf.Graph()
-    values = _Values(desc.seed)
+    values = SeededValues(desc.seed)
     tensors: List[tf.Tensor] = []
     layers: Dict[int, Union[LayerHandles, NormHandles]] = {}
     update_ops: List[tf.Operation] = []
     weights_by_node: Dict[int, object] = {}
     with graph.as_default():
-        inputs = v1.placeholder(tf.float32, desc.input_shape, name='input')
+        if inputs is None:
+            inputs = v1.placeholder(tf.float32, desc.input_shape,
+                                    name='input')
         tensors.append(inputs)
         for index, node in enumerate(desc.nodes):
             if isinstance(node, Layer):
@@ -725,10 +734,14 @@ def build(desc: GraphDesc, *, bn_training: bool = True,
         with tf.name_scope('loss'):
             for t in leaves:
                 flat = tf.reshape(tensors[t], [1, -1], name='flat')
+                readers.append(flat.op)
+                if not tensors[t].shape.is_fully_defined():
+                    # Unknown shape (a caller's `inputs`): plain sum.
+                    terms.append(tf.reduce_sum(flat, 1, keepdims=True))
+                    continue
                 size = int(np.prod(tensors[t].shape.as_list()))
                 coefficients = probe_rng.randn(size, 1).astype(np.float32)
                 terms.append(tf.matmul(flat, coefficients, name='dot'))
-                readers.append(flat.op)
             loss = tf.reshape(tf.add_n(terms, name='sum'), [], name='loss')
     feed = {inputs: np.random.RandomState(desc.seed + 2).randn(
         *desc.input_shape).astype(np.float32)}

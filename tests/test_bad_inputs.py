@@ -137,8 +137,8 @@ def _conv_bn_graph(*, dtype=tf.float32, data_format='NHWC',
                 y, variables, updates = _fused_bn(y, rng, training,
                                                   data_format)
             elif bn == 'unfused':
-                y, variables, updates = gen._batch_norm(  # pylint: disable=protected-access
-                    gen._Values(seed), gen.Layer(0, 'conv', 4, bn=bn),  # pylint: disable=protected-access
+                y, variables, updates = gen.contrib_batch_norm(
+                    gen.SeededValues(seed), gen.Layer(0, 'conv', 4, bn=bn),
                     y, training)
             y = tf.nn.relu(y, name='Relu')
     return gb.BuiltLayer(
@@ -166,9 +166,9 @@ def _fused_bn(y, rng, training, data_format):
                 y, gamma, beta, epsilon=gen.EPSILON, is_training=True,
                 data_format=data_format)
             updates = [
-                gen._assign_moving_average(  # pylint: disable=protected-access
+                gen.assign_moving_average(
                     moving_mean, mean, 'AssignMovingAvg'),
-                gen._assign_moving_average(  # pylint: disable=protected-access
+                gen.assign_moving_average(
                     moving_variance, variance, 'AssignMovingAvg_1'),
             ]
         else:
@@ -376,22 +376,17 @@ def _unknown_shape_graph(kind, bn, training):
     with graph.as_default():
         shape = [None, 6] if kind == 'fc' else [None, None, None, 3]
         x = v1.placeholder(tf.float32, shape, name='unknown_input')
-    return _build_on(desc, graph, x, training)
+    return _build_on(desc, x, training)
 
 
-def _build_on(desc, graph, x, training):
-    """gen.build, but reading placeholder `x` instead of creating one."""
-    values = gen._Values(desc.seed)  # pylint: disable=protected-access
-    with graph.as_default():
-        handles, updates = gen._build_layer(  # pylint: disable=protected-access
-            values, desc.nodes[0], 0, [x], {}, training, desc.resource)
+def _build_on(desc, x, training):
+    """gen.build on tensor `x`; its last tensor is the `output`."""
+    built = gen.build(desc, bn_training=training, inputs=x)
     return gb.BuiltLayer(
-        graph=graph, inputs=x, output=handles.output, layer_op=None,
-        pre_bn=None, bn_op=None, bn_output=None, weights=handles.weights,
-        gamma=handles.gamma, beta=handles.beta,
-        moving_mean=handles.moving_mean,
-        moving_variance=handles.moving_variance, epsilon=gen.EPSILON,
-        update_ops=updates, scope='L0')
+        graph=built.graph, inputs=x, output=built.tensors[-1], layer_op=None,
+        pre_bn=None, bn_op=None, bn_output=None, weights=None, gamma=None,
+        beta=None, moving_mean=None, moving_variance=None,
+        epsilon=gen.EPSILON, update_ops=built.update_ops, scope='L0')
 
 
 def _unknown_shape_feeds(kind):
@@ -496,9 +491,9 @@ def _while_loop_graph(v1_control_flow: bool, resource: bool,
                         y, gamma, beta, epsilon=gen.EPSILON,
                         is_training=True)
                     updates = [
-                        gen._assign_moving_average(  # pylint: disable=protected-access
+                        gen.assign_moving_average(
                             moving_mean, mean, 'AssignMovingAvg'),
-                        gen._assign_moving_average(  # pylint: disable=protected-access
+                        gen.assign_moving_average(
                             moving_variance, variance, 'AssignMovingAvg_1')]
                     with tf.control_dependencies(updates):
                         y = tf.identity(y)
@@ -707,7 +702,7 @@ def test_int8_input_cast_to_float_is_quantized_normally(bn):
         with graph.as_default():
             x = v1.placeholder(tf.int8, desc.input_shape, name='input_int8')
             x_float = tf.cast(x, tf.float32, name='to_float')
-        graphs.append((_build_on(desc, graph, x_float, True), x))
+        graphs.append((_build_on(desc, x_float, True), x))
     (original, x0), (built, x1) = graphs
     tf1_quantize.experimental_create_training_graph(
         built.graph, quant_delay=FUTURE, freeze_bn_delay=FUTURE)

@@ -358,13 +358,21 @@ def _corrections(graph, bn: BatchNormRecord, stats: _Statistics,
         _freeze_moving_average(bn.variance_decay, use_moving,
                                'freeze_moving_var')
         recip = conditionals.smart_cond(use_moving,
-                                        lambda: tf.ones_like(reciprocal),
+                                        lambda: _constant_like(reciprocal, 1.0),
                                         lambda: reciprocal,
                                         name='correction_recip')
         offset = conditionals.smart_cond(use_moving, lambda: offset,
-                                         lambda: tf.zeros_like(offset),
+                                         lambda: _constant_like(offset, 0.0),
                                          name='correction_offset')
     return _Corrections(scale=scale, recip=recip, offset=offset)
+
+
+def _constant_like(tensor: tf.Tensor, value: float) -> tf.Tensor:
+    """A constant shaped like `tensor`; unlike `ones_like`/`zeros_like` it
+    does not make the graph compute `tensor` when its shape is static."""
+    if tensor.shape.is_fully_defined():
+        return tf.fill(tensor.shape.as_list(), value)
+    return tf.fill(tf.shape(tensor), value)
 
 
 def _use_moving_average(graph, freeze_bn_delay):
