@@ -16,6 +16,8 @@ import pytest
 import tensorflow as tf
 
 import tf1_quantize
+from tf1_quantize import checkpoints
+from tf1_quantize import cli
 import quantize_builders as qb
 
 v1 = tf.compat.v1
@@ -362,3 +364,65 @@ def test_contrib_checkpoint_restores_into_eval_graph(contrib_checkpoint):
         rtol=0, atol=1e-5)
     # Outputs above the learned range are clamped to it.
     assert values['output'].max() <= written[ACT_QUANT + '/max'] + 1e-6
+
+
+# ---------------------------------------------------------------------------
+# The checkpoint check (tf1_quantize.checkpoints, `python -m tf1_quantize
+# check`) on the contrib-layout checkpoint.
+
+
+def test_check_finds_the_contrib_checkpoint_fits_the_training_graph(
+        contrib_checkpoint):
+    path, values = contrib_checkpoint
+    graph, _, _ = _mobilenet_graph(bn_training=True)
+    tf1_quantize.create_training_graph(graph, quant_delay=QUANT_DELAY)
+    report = checkpoints.check_checkpoint(graph, path)
+    assert report.ok and report.problems == [] and report.ignored == []
+    assert report.ranges[WEIGHTS_QUANT + '/min'] == pytest.approx(-0.875)
+    assert report.ranges[ACT_QUANT + '/max'] == pytest.approx(5.25)
+    mean = values[SCOPE + '/BatchNorm/moving_mean']
+    assert report.batch_norm_statistics[SCOPE + '/BatchNorm/moving_mean'] == (
+        pytest.approx((mean.min(), mean.mean(), mean.max())))
+
+
+def test_check_ignores_training_state_for_the_eval_graph(contrib_checkpoint):
+    path, _ = contrib_checkpoint
+    graph, _, _ = _mobilenet_graph(bn_training=False)
+    tf1_quantize.create_eval_graph(graph)
+    report = checkpoints.check_checkpoint(graph, path)
+    assert report.ok
+    ignored = {p.name for p in report.ignored}
+    assert ignored == {STEP} | {
+        '%s/%s/%s/%s' % (ACT_QUANT, ACT_QUANT, bound, kind)
+        for bound in ('min', 'max') for kind in ('biased', 'local_step')}
+    assert all('training-only' in p.reason for p in report.ignored)
+
+
+def test_check_refuses_a_renamed_scope_and_says_why(contrib_checkpoint,
+                                                    tmp_path, capsys):
+    path, _ = contrib_checkpoint
+    graph = tf.Graph()
+    with graph.as_default():
+        x = qb.input_placeholder()
+        layer = qb.conv_layer(x, 'MobilenetV2/Conv2d_0', 4, qb.Values(0),
+                              batch_norm=True, bn_training=True,
+                              activation='Relu6', resource=False)
+        tf.reduce_sum(layer.output, name='output')
+        meta = str(tmp_path / 'renamed.meta')
+        v1.train.export_meta_graph(meta)
+    report = checkpoints.check_checkpoint(graph, path)
+    assert not report.ok
+    weights = [p for p in report.problems
+               if p.name == 'MobilenetV2/Conv2d_0/weights']
+    assert weights and weights[0].kind == 'missing'
+    assert 'renamed scope' in weights[0].reason
+    assert SCOPE + '/weights' in weights[0].reason
+    status = cli.main(['check', '--meta', meta, '--rewrite', 'train',
+                       '--checkpoint', path])
+    _, err = capsys.readouterr()
+    assert status == 2 and 'would not restore' in err
+
+
+def test_check_reports_an_unreadable_checkpoint(tmp_path):
+    with pytest.raises(ValueError, match='Cannot read checkpoint'):
+        checkpoints.check_checkpoint(tf.Graph(), str(tmp_path / 'nothing'))

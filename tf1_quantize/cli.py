@@ -4,8 +4,10 @@
     python -m tf1_quantize train  --meta model.meta --out qat.meta --quant_delay 2000
     python -m tf1_quantize eval   --meta eval.meta  --out eval_q.meta
     python -m tf1_quantize export --meta eval_q.meta --checkpoint ckpt/model \\
-        --input x --output logits --inference_type int8 --input_range 0,1 \\
+        --input x --output logits --inference_type int8 --input_range=0,1 \\
         --out model.tflite
+    python -m tf1_quantize check  --meta model.meta --rewrite train \\
+        --checkpoint old_contrib_ckpt/model.ckpt-100000
 
 A graph is a MetaGraph (`--meta`, keeps collections) or a GraphDef
 (`--graph`, binary or text). Errors print one line on stderr and exit with
@@ -23,6 +25,7 @@ from google.protobuf import message
 from google.protobuf import text_format
 
 from tf1_quantize import api
+from tf1_quantize import checkpoints
 from tf1_quantize import export
 from tf1_quantize import graph_def as graph_def_lib
 
@@ -71,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
                                  help='report the training rewrite')
         command.set_defaults(run=run)
     _add_export_command(commands)
+    _add_check_command(commands)
     return parser
 
 
@@ -106,6 +110,34 @@ def _add_export_command(commands):
     command.add_argument('--allow_float_ops', action='store_true')
     command.add_argument('--out', required=True, help='.tflite to write')
     command.set_defaults(run=_run_export)
+
+
+def _add_check_command(commands):
+    command = commands.add_parser(
+        'check', help='does a checkpoint restore into a (rewritten) graph?')
+    _add_graph_arguments(command)
+    _add_rewrite_arguments(command)
+    command.add_argument('--checkpoint', required=True,
+                         help='checkpoint prefix or directory')
+    command.add_argument('--rewrite', choices=['none', 'train', 'eval'],
+                         default='none',
+                         help='rewrite the graph first (default: as is)')
+    command.set_defaults(run=_run_check)
+
+
+def _run_check(args):
+    graph = _import_graph(args)
+    if args.rewrite != 'none':
+        is_training = args.rewrite == 'train'
+        rewrite = (api.experimental_create_training_graph if is_training
+                   else api.experimental_create_eval_graph)
+        rewrite(graph, **_rewrite_kwargs(args, is_training))
+    report = checkpoints.check_checkpoint(graph, args.checkpoint)
+    print(report)
+    if not report.ok:
+        raise CliError('%d variable(s) would not restore from %s: %s' % (
+            len(report.problems), args.checkpoint,
+            ', '.join(p.name for p in report.problems)))
 
 
 def _rewrite_kwargs(args, is_training):

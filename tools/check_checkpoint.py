@@ -1,0 +1,16 @@
+"""Does a checkpoint restore into a graph? Says which variables are missing,
+unexpected or mismatched and why, lists the quantization ranges and
+batch-norm statistics it holds, and exits 2 on a mismatch.
+
+    python tools/check_checkpoint.py --meta model.meta --rewrite train \
+        --checkpoint old/model.ckpt-100000
+
+Same as `python -m tf1_quantize check ...`.
+"""
+
+import sys
+
+from tf1_quantize import cli
+
+if __name__ == '__main__':
+    sys.exit(cli.main(['check'] + sys.argv[1:]))
