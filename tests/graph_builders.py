@@ -200,13 +200,19 @@ def add_head(built: BuiltLayer, seed: int = 7) -> tf.Tensor:
 # Initial values and numpy references.
 
 
-class _Values:
-    """Deterministic initial values, drawn in call order from one seed."""
+class Values:
+    """Deterministic initial values, drawn in call order from one seed.
 
-    def __init__(self, seed: int):
+    Shared by every test graph builder. `normal_scale` is the default
+    standard deviation of `normal`.
+    """
+
+    def __init__(self, seed: int = 0, normal_scale: float = 0.5):
         self._rng = np.random.RandomState(seed)
+        self._normal_scale = normal_scale
 
-    def normal(self, shape, scale=0.5):
+    def normal(self, shape, scale=None):
+        scale = self._normal_scale if scale is None else scale
         return (scale * self._rng.randn(*shape)).astype(np.float32)
 
     def positive(self, shape, low=0.5, high=1.5):
@@ -241,7 +247,9 @@ def numpy_bn_block(pre_bn, mean, variance, gamma, beta, epsilon,
 # Small graph pieces.
 
 
-def _variable(name, value, trainable=True):
+def variable(name, value, trainable=True):
+    """A float32 variable (of the current variable scope's kind) holding
+    the numpy array `value`."""
     return v1.get_variable(
         name, shape=value.shape, dtype=tf.float32,
         initializer=v1.constant_initializer(value), trainable=trainable)
@@ -301,13 +309,13 @@ def _layer(values, spec, x):
     in_channels = x.shape[-1]
     if spec.layer == 'conv':
         out_channels = in_channels if spec.residual else 4
-        weights = _variable(
+        weights = variable(
             'weights', values.normal([3, 3, in_channels, out_channels]))
         y = tf.nn.conv2d(x, weights, [1, 1, 1, 1], 'SAME', name='Conv2D')
         return weights, y.op, y
     if spec.layer in ('depthwise', 'atrous'):
         multiplier = 1 if spec.residual else 2
-        weights = _variable(
+        weights = variable(
             'depthwise_weights',
             values.normal([3, 3, in_channels, multiplier]))
         rate = [2, 2] if spec.layer == 'atrous' else None
@@ -315,17 +323,17 @@ def _layer(values, spec, x):
                                    dilations=rate, name='depthwise')
         return weights, find_op_upstream(y, 'DepthwiseConv2dNative'), y
     out_units = in_channels if spec.residual else 5
-    weights = _variable('weights', values.normal([in_channels, out_units]))
+    weights = variable('weights', values.normal([in_channels, out_units]))
     y = tf.matmul(x, weights, name='MatMul')
     return weights, y.op, y
 
 
 def _bn_variables(values, channels, scale=True):
-    gamma = _variable('gamma', values.positive([channels])) if scale else None
-    beta = _variable('beta', values.normal([channels]))
-    moving_mean = _variable('moving_mean', values.normal([channels]),
+    gamma = variable('gamma', values.positive([channels])) if scale else None
+    beta = variable('beta', values.normal([channels]))
+    moving_mean = variable('moving_mean', values.normal([channels]),
                             trainable=False)
-    moving_variance = _variable('moving_variance',
+    moving_variance = variable('moving_variance',
                                 values.positive([channels]),
                                 trainable=False)
     return gamma, beta, moving_mean, moving_variance
@@ -408,7 +416,7 @@ def build_contrib_layer(spec: LayerSpec,
         The BuiltLayer.
     """
     graph = graph or tf.Graph()
-    values = _Values(spec.seed)
+    values = Values(spec.seed)
     shape = FC_SHAPE if spec.layer == 'fc' else IMAGE_SHAPE
     bn_op = bn_output = None
     bn_vars, updates = (None, None, None, None), []
@@ -423,7 +431,7 @@ def build_contrib_layer(spec: LayerSpec,
                 y = tf.identity(y)  # <S>/Identity
             pre_bn = y
             if spec.bn is None:
-                biases = _variable('biases', values.normal([y.shape[-1]]))
+                biases = variable('biases', values.normal([y.shape[-1]]))
                 y = tf.nn.bias_add(y, biases, name='BiasAdd')
             else:
                 bn_op, y, bn_vars, updates = _contrib_batch_norm(
@@ -496,7 +504,7 @@ def build_keras_layer(layer: str = 'conv', training: bool = True,
     """
     keras = keras_module()
     graph = graph or tf.Graph()
-    values = _Values(seed)
+    values = Values(seed)
     const = v1.constant_initializer
     shape = FC_SHAPE if layer == 'fc' else IMAGE_SHAPE
     with graph.as_default():
@@ -563,7 +571,7 @@ def build_v1_layers(fused: bool = True, training: bool = True,
     if not V1_LAYERS_AVAILABLE:
         raise RuntimeError(V1_LAYERS_SKIP_REASON)
     graph = graph or tf.Graph()
-    values = _Values(seed)
+    values = Values(seed)
     const = v1.constant_initializer
     with graph.as_default():
         x = v1.placeholder(tf.float32, IMAGE_SHAPE, name='input')
@@ -640,11 +648,11 @@ def build_cond_bn_graph(v1_cond: bool = True, seed: int = 0) -> CondGraph:
     """
     first = build_contrib_layer(LayerSpec(seed=seed))
     graph = first.graph
-    values = _Values(seed + 1)
+    values = Values(seed + 1)
     with graph.as_default():
         training = v1.placeholder_with_default(True, [], name='is_training')
         with v1.variable_scope('second'):
-            weights = _variable('weights', values.normal([3, 3, 4, 4]))
+            weights = variable('weights', values.normal([3, 3, 4, 4]))
             y = tf.nn.conv2d(first.output, weights, [1, 1, 1, 1], 'SAME',
                              name='Conv2D')
             with v1.variable_scope('BatchNorm'):

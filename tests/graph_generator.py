@@ -54,6 +54,8 @@ os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+
+import graph_builders  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 v1 = tf.compat.v1
@@ -492,23 +494,9 @@ class BuiltGraph:
             return sorted(v1.trainable_variables(), key=lambda v: v.op.name)
 
 
-class SeededValues:
-    """Deterministic values drawn in call order from one seed."""
-
-    def __init__(self, seed: int):
-        self._rng = np.random.RandomState(seed)
-
-    def normal(self, shape, scale=1.0):
-        return (scale * self._rng.randn(*shape)).astype(np.float32)
-
-    def positive(self, shape, low=0.5, high=1.5):
-        return self._rng.uniform(low, high, size=shape).astype(np.float32)
-
-
-def _variable(name, value, trainable=True):
-    return v1.get_variable(name, shape=value.shape, dtype=tf.float32,
-                           initializer=v1.constant_initializer(value),
-                           trainable=trainable)
+def seeded_values(seed: int) -> graph_builders.Values:
+    """The generator's values: standard normal by default."""
+    return graph_builders.Values(seed, normal_scale=1.0)
 
 
 def _activation(x, activation):
@@ -546,12 +534,12 @@ def contrib_batch_norm(values, node, y, training):
     """contrib's batch_norm in scope ``BatchNorm``; returns (out, vars, ups)."""
     channels = y.shape[-1]
     with v1.variable_scope('BatchNorm'):
-        gamma = (_variable('gamma', values.positive([channels]))
+        gamma = (graph_builders.variable('gamma', values.positive([channels]))
                  if node.bn_scale else None)
-        beta = _variable('beta', values.normal([channels], 0.5))
-        moving_mean = _variable('moving_mean', values.normal([channels], 0.5),
+        beta = graph_builders.variable('beta', values.normal([channels], 0.5))
+        moving_mean = graph_builders.variable('moving_mean', values.normal([channels], 0.5),
                                 trainable=False)
-        moving_variance = _variable('moving_variance',
+        moving_variance = graph_builders.variable('moving_variance',
                                     values.positive([channels]),
                                     trainable=False)
         if node.bn == 'fused':
@@ -601,7 +589,7 @@ def _layer_op(values, node, x, weights_by_node, index):
         name = 'weights' if node.kind in ('conv', 'fc') else (
             'depthwise_weights')
         weights = (tf.constant(value, name=name) if node.const_weights else
-                   _variable(name, value))
+                   graph_builders.variable(name, value))
     weights_by_node[index] = weights
     if node.kind == 'conv':
         s = node.stride
@@ -630,7 +618,7 @@ def _build_layer(values, node, index, tensors, weights_by_node, training,
             if node.bn:
                 y, bn_vars, updates = contrib_batch_norm(values, node, y, training)
             elif node.bias:
-                biases = _variable('biases', values.normal([y.shape[-1]],
+                biases = graph_builders.variable('biases', values.normal([y.shape[-1]],
                                                            0.5))
                 y = tf.nn.bias_add(y, biases, name='BiasAdd')
         biased = y
@@ -702,7 +690,7 @@ def build(desc: GraphDesc, *, bn_training: bool = True,
     if inputs is not None:
         graph = inputs.graph
     graph = graph or tf.Graph()
-    values = SeededValues(desc.seed)
+    values = seeded_values(desc.seed)
     tensors: List[tf.Tensor] = []
     layers: Dict[int, Union[LayerHandles, NormHandles]] = {}
     update_ops: List[tf.Operation] = []

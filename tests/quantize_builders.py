@@ -86,25 +86,6 @@ def build_placement_graph(layer: str, activation: Optional[str],
 # contrib-named layers under any scope.
 
 
-class Values:
-    """Deterministic initial values drawn in call order from one seed."""
-
-    def __init__(self, seed: int = 0):
-        self._rng = np.random.RandomState(seed)
-
-    def normal(self, shape, scale=0.5):
-        return (scale * self._rng.randn(*shape)).astype(np.float32)
-
-    def positive(self, shape, low=0.5, high=1.5):
-        return self._rng.uniform(low, high, size=shape).astype(np.float32)
-
-
-def _variable(name, value, trainable=True):
-    return v1.get_variable(name, shape=value.shape, dtype=tf.float32,
-                           initializer=v1.constant_initializer(value),
-                           trainable=trainable)
-
-
 def _moving_average_update(variable, value, name):
     """contrib batch_norm's ``variable -= (variable - value) * decay``."""
     with tf.name_scope(name) as scope:
@@ -135,7 +116,7 @@ class ConvLayer:
     update_ops: List[tf.Operation]
 
 
-def conv_layer(x: tf.Tensor, scope: str, channels: int, values: Values, *,
+def conv_layer(x: tf.Tensor, scope: str, channels: int, values: gb.Values, *,
                batch_norm: bool = False, bn_training: bool = True,
                activation: Optional[str] = 'Relu6',
                resource: Optional[bool] = None) -> ConvLayer:
@@ -150,17 +131,17 @@ def conv_layer(x: tf.Tensor, scope: str, channels: int, values: Values, *,
     variables = {}
     updates = []
     with v1.variable_scope(scope, use_resource=resource):
-        weights = _variable('weights',
+        weights = gb.variable('weights',
                             values.normal([3, 3, x.shape[-1], channels]))
         variables['weights'] = weights
         y = tf.nn.conv2d(x, weights, [1, 1, 1, 1], 'SAME', name='Conv2D')
         if batch_norm:
             with v1.variable_scope('BatchNorm'):
-                gamma = _variable('gamma', values.positive([channels]))
-                beta = _variable('beta', values.normal([channels]))
-                mean = _variable('moving_mean', values.normal([channels]),
+                gamma = gb.variable('gamma', values.positive([channels]))
+                beta = gb.variable('beta', values.normal([channels]))
+                mean = gb.variable('moving_mean', values.normal([channels]),
                                  trainable=False)
-                var = _variable('moving_variance',
+                var = gb.variable('moving_variance',
                                 values.positive([channels]),
                                 trainable=False)
                 variables.update(gamma=gamma, beta=beta, moving_mean=mean,
@@ -181,7 +162,7 @@ def conv_layer(x: tf.Tensor, scope: str, channels: int, values: Values, *,
                         y, gamma, beta, mean=mean, variance=var,
                         epsilon=EPSILON, is_training=False)
         else:
-            biases = _variable('biases', values.normal([channels]))
+            biases = gb.variable('biases', values.normal([channels]))
             variables['biases'] = biases
             y = tf.nn.bias_add(y, biases, name='BiasAdd')
         pre_activation = y

@@ -18,8 +18,6 @@ import sys
 from typing import Callable
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-# Before TensorFlow is imported: see graph_generator.
-os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -138,7 +136,7 @@ def _conv_bn_graph(*, dtype=tf.float32, data_format='NHWC',
                                                   data_format)
             elif bn == 'unfused':
                 y, variables, updates = gen.contrib_batch_norm(
-                    gen.SeededValues(seed), gen.Layer(0, 'conv', 4, bn=bn),
+                    gen.seeded_values(seed), gen.Layer(0, 'conv', 4, bn=bn),
                     y, training)
             y = tf.nn.relu(y, name='Relu')
     return gb.BuiltLayer(

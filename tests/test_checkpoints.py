@@ -18,6 +18,7 @@ import tensorflow as tf
 import tf1_quantize
 from tf1_quantize import checkpoints
 from tf1_quantize import cli
+import graph_builders as gb
 import quantize_builders as qb
 
 v1 = tf.compat.v1
@@ -181,7 +182,7 @@ def _contrib_values():
     ``conv2d(..., scope=SCOPE, normalizer_fn=batch_norm(fused),
     activation_fn=relu6)`` after ``create_training_graph(quant_delay=...)``
     (spec 3.9 and 10)."""
-    values = qb.Values(42)
+    values = gb.Values(42)
     decay_power = qb.EMA_DECAY**CONTRIB_LOCAL_STEP
     act_min, act_max = 0.0, 5.25
     result = {
@@ -232,7 +233,7 @@ def _mobilenet_graph(bn_training):
     graph = tf.Graph()
     with graph.as_default():
         x = qb.input_placeholder()
-        layer = qb.conv_layer(x, SCOPE, 4, qb.Values(0), batch_norm=True,
+        layer = qb.conv_layer(x, SCOPE, 4, gb.Values(0), batch_norm=True,
                               bn_training=bn_training, activation='Relu6',
                               resource=False)
         tf.reduce_sum(layer.output, name='output')
@@ -404,7 +405,7 @@ def test_check_refuses_a_renamed_scope_and_says_why(contrib_checkpoint,
     graph = tf.Graph()
     with graph.as_default():
         x = qb.input_placeholder()
-        layer = qb.conv_layer(x, 'MobilenetV2/Conv2d_0', 4, qb.Values(0),
+        layer = qb.conv_layer(x, 'MobilenetV2/Conv2d_0', 4, gb.Values(0),
                               batch_norm=True, bn_training=True,
                               activation='Relu6', resource=False)
         tf.reduce_sum(layer.output, name='output')

@@ -27,8 +27,6 @@ import tempfile
 from typing import Callable, Dict, List
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-# Before TensorFlow is imported: see graph_generator.
-os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

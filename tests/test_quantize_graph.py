@@ -166,7 +166,7 @@ def _rich_graph(bn_training=True, resource=None, graph=None):
     bypass ``post/add``; ``tail/Mul`` (intermediate op); ``output``.
     """
     graph = graph or tf.Graph()
-    values = qb.Values(0)
+    values = gb.Values(0)
     with graph.as_default():
         x = qb.input_placeholder()
         a = qb.conv_layer(x, 'test/test', 3, values, batch_norm=True,
@@ -198,7 +198,7 @@ def _simple_graph(graph=None, scope='test', batch_norm=True):
     graph = graph or tf.Graph()
     with graph.as_default():
         x = qb.input_placeholder()
-        layer = qb.conv_layer(x, scope, 4, qb.Values(0),
+        layer = qb.conv_layer(x, scope, 4, gb.Values(0),
                               batch_norm=batch_norm)
         tf.reduce_sum(layer.output, name='output')
     return graph
@@ -753,7 +753,7 @@ def _activation_graph(scope_of_extra_ops='test'):
     graph = tf.Graph()
     with graph.as_default():
         x = qb.input_placeholder()
-        a = qb.conv_layer(x, 'test', 3, qb.Values(0), batch_norm=True).output
+        a = qb.conv_layer(x, 'test', 3, gb.Values(0), batch_norm=True).output
         with tf.name_scope(scope_of_extra_ops + '/'):
             mul = tf.multiply(2.0, a, name='Mul')
             mul_1 = tf.multiply(3.0, a, name='Mul_1')
@@ -795,10 +795,10 @@ def test_post_activation_bypass_quantized():
     graph = tf.Graph()
     with graph.as_default():
         x = qb.input_placeholder()
-        a = qb.conv_layer(x, 'scope1', 3, qb.Values(0), activation='Relu6')
+        a = qb.conv_layer(x, 'scope1', 3, gb.Values(0), activation='Relu6')
         with tf.name_scope('scope1/'):
             y = tf.add(a.output, x, name='add')
-        b = qb.conv_layer(y, 'scope2', 3, qb.Values(1), activation='Relu')
+        b = qb.conv_layer(y, 'scope2', 3, gb.Values(1), activation='Relu')
         tf.reduce_sum(b.output, name='output')
     tf1_quantize.create_training_graph(graph, quant_delay=3)
     assert _fq_prefixes(graph) == {
@@ -818,9 +818,9 @@ def test_overlapping_post_activation_bypass():
     graph = tf.Graph()
     with graph.as_default():
         x = qb.input_placeholder()
-        a = qb.conv_layer(x, 'test/test1', 3, qb.Values(0),
+        a = qb.conv_layer(x, 'test/test1', 3, gb.Values(0),
                           activation='Relu6')
-        b = qb.conv_layer(x, 'test/test2', 3, qb.Values(1), activation=None)
+        b = qb.conv_layer(x, 'test/test2', 3, gb.Values(1), activation=None)
         with tf.name_scope('test/'):
             y = tf.nn.relu6(tf.add(a.output, b.output, name='add'),
                             name='Relu6')
@@ -845,7 +845,7 @@ def test_separable_conv():
     """testInsertQuantOpInSeparableConv2d: depthwise + pointwise conv, bias,
     bypass, Relu6; the depthwise output (no activation) is quantized."""
     graph = tf.Graph()
-    values = qb.Values(0)
+    values = gb.Values(0)
     with graph.as_default():
         x = qb.input_placeholder()
         with v1.variable_scope('test/test', use_resource=False):
@@ -889,7 +889,7 @@ def test_chained_depthwise_convs_sharing_a_resource_variable():
         with v1.variable_scope('', use_resource=True):
             weights = v1.get_variable(
                 'depthwise_weights',
-                initializer=qb.Values(0).normal([3, 3, 3, 1]))
+                initializer=gb.Values(0).normal([3, 3, 3, 1]))
             with v1.variable_scope('depthwise_conv_1'):
                 conv1 = tf.nn.depthwise_conv2d(x, weights, [1, 1, 1, 1],
                                                'SAME')
@@ -921,14 +921,14 @@ def test_batch_norm_forced_updates():
     graph = tf.Graph()
     with graph.as_default():
         x = qb.input_placeholder()
-        layer = qb.conv_layer(x, 'test', 3, qb.Values(0), batch_norm=True,
+        layer = qb.conv_layer(x, 'test', 3, gb.Values(0), batch_norm=True,
                               activation=None)
         with tf.name_scope('test/'):
             with tf.control_dependencies(layer.update_ops):
                 y = tf.identity(layer.output, name='Identity')
             y = tf.nn.relu6(y, name='Relu6')
             y = tf.add(y, x, name='add')
-        second = qb.conv_layer(y, 'second', 3, qb.Values(1))
+        second = qb.conv_layer(y, 'second', 3, gb.Values(1))
         tf.reduce_sum(second.output, name='output')
     tf1_quantize.create_training_graph(graph)
     assert _fq_prefixes(graph) == {
@@ -949,7 +949,7 @@ def test_activation_without_consumers_gets_a_dangling_fake_quant():
     graph = tf.Graph()
     with graph.as_default():
         x = qb.input_placeholder()
-        qb.conv_layer(x, 'test', 3, qb.Values(0))
+        qb.conv_layer(x, 'test', 3, gb.Values(0))
     tf1_quantize.create_training_graph(graph)
     assert _fq_prefixes(graph) == {'test/weights_quant', 'test/act_quant'}
     fq = graph.get_operation_by_name('test/act_quant/' + FQ)
@@ -963,7 +963,7 @@ def test_user_fake_quant_after_reshape_is_respected():
         graph = tf.Graph()
         with graph.as_default():
             x = qb.input_placeholder()
-            a = qb.conv_layer(x, 'test', 3, qb.Values(0)).output
+            a = qb.conv_layer(x, 'test', 3, gb.Values(0)).output
             r = tf.reshape(a, [2, -1], name='test/Reshape')
             if user_fake_quant:
                 r = tf.quantization.fake_quant_with_min_max_args(
@@ -1008,7 +1008,7 @@ def test_shared_weights(delay):
     graph = tf.Graph()
     with graph.as_default():
         x = qb.input_placeholder()
-        init = v1.constant_initializer(qb.Values(0).normal([3, 3, 3, 3]))
+        init = v1.constant_initializer(gb.Values(0).normal([3, 3, 3, 3]))
 
         def conv(inputs):
             w = v1.get_variable('weights', [3, 3, 3, 3], initializer=init,
@@ -1038,7 +1038,7 @@ def test_weights_quant_reroutes_every_consumer():
     graph = tf.Graph()
     with graph.as_default():
         x = qb.input_placeholder()
-        layer = qb.conv_layer(x, 'scope1', 3, qb.Values(0), resource=False)
+        layer = qb.conv_layer(x, 'scope1', 3, gb.Values(0), resource=False)
         l2 = tf.nn.l2_loss(layer.variables['weights'], name='l2')
         tf.add(tf.reduce_sum(layer.output), l2, name='output')
     tf1_quantize.create_training_graph(graph)
@@ -1053,7 +1053,7 @@ def test_gradient_ops_are_never_rerouted():
     graph = tf.Graph()
     with graph.as_default():
         x = qb.input_placeholder()
-        layer = qb.conv_layer(x, 'test', 3, qb.Values(0), resource=False)
+        layer = qb.conv_layer(x, 'test', 3, gb.Values(0), resource=False)
         output = tf.reduce_sum(layer.output, name='output')
         tf.gradients(output, [x])
     backprop = [op for op in graph.get_operations()
@@ -1074,7 +1074,7 @@ def test_scope_weights_need_every_consumer_in_scope():
     graph = tf.Graph()
     with graph.as_default():
         x = qb.input_placeholder()
-        layer = qb.conv_layer(x, 'scope1', 3, qb.Values(0), resource=False)
+        layer = qb.conv_layer(x, 'scope1', 3, gb.Values(0), resource=False)
         l2 = tf.nn.l2_loss(layer.variables['weights'], name='l2')
         tf.add(tf.reduce_sum(layer.output), l2, name='output')
     tf1_quantize.experimental_create_training_graph(graph, scope='scope1')
@@ -1104,9 +1104,9 @@ def test_scope_two_layers_and_prefix_rules():
         graph = tf.Graph()
         with graph.as_default():
             x = qb.input_placeholder()
-            a = qb.conv_layer(x, 'scope1/Conv', 3, qb.Values(0))
-            b = qb.conv_layer(a.output, 'scope10/Conv', 3, qb.Values(1))
-            c = qb.conv_layer(b.output, 'scope2/Conv', 3, qb.Values(2))
+            a = qb.conv_layer(x, 'scope1/Conv', 3, gb.Values(0))
+            b = qb.conv_layer(a.output, 'scope10/Conv', 3, gb.Values(1))
+            c = qb.conv_layer(b.output, 'scope2/Conv', 3, gb.Values(2))
             tf.reduce_sum(c.output, name='output')
         return graph
 
@@ -1141,7 +1141,7 @@ def test_scope_post_activation_bypass_producer_filter():
     graph = tf.Graph()
     with graph.as_default():
         x = qb.input_placeholder()
-        a = qb.conv_layer(x, 'scope1', 3, qb.Values(0))
+        a = qb.conv_layer(x, 'scope1', 3, gb.Values(0))
         y = tf.add(a.output, x, name='other/add')
         tf.reduce_sum(y, name='output')
     tf1_quantize.experimental_create_training_graph(graph, scope='scope1')
@@ -1149,7 +1149,7 @@ def test_scope_post_activation_bypass_producer_filter():
     graph2 = tf.Graph()
     with graph2.as_default():
         x = qb.input_placeholder()
-        a = qb.conv_layer(x, 'scope1', 3, qb.Values(0))
+        a = qb.conv_layer(x, 'scope1', 3, gb.Values(0))
         y = tf.add(a.output, x, name='other/add')
         tf.reduce_sum(y, name='output')
     tf1_quantize.experimental_create_training_graph(graph2)
@@ -1250,7 +1250,7 @@ def test_model_and_rewrite_in_name_scope_keep_variable_names():
     with graph.as_default():
         with tf.name_scope('tower_0'):
             x = qb.input_placeholder()
-            qb.conv_layer(x, 'test', 3, qb.Values(0), resource=False)
+            qb.conv_layer(x, 'test', 3, gb.Values(0), resource=False)
             tf1_quantize.create_training_graph()
     assert _fq_prefixes(graph) == {'tower_0/test/weights_quant',
                                    'tower_0/test/act_quant'}
