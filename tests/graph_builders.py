@@ -255,18 +255,26 @@ def variable(name, value, trainable=True):
         initializer=v1.constant_initializer(value), trainable=trainable)
 
 
-def _activation(x, activation):
-    """Applies the activation in the current name scope."""
-    if activation is None:
+def activation(x, name):
+    """Applies activation `name` ('relu', 'relu6', 'tanh', 'leaky_relu',
+    'identity' or None) in the current name scope, with contrib's op
+    names."""
+    if name is None:
         return x
-    if activation == 'relu':
+    if name == 'relu':
         return tf.nn.relu(x, name='Relu')
-    if activation == 'relu6':
+    if name == 'relu6':
         return tf.nn.relu6(x, name='Relu6')
-    raise ValueError(f'unknown activation {activation!r}')
+    if name == 'tanh':
+        return tf.math.tanh(x, name='Tanh')
+    if name == 'leaky_relu':
+        return tf.nn.leaky_relu(x, alpha=0.2, name='LeakyRelu')
+    if name == 'identity':
+        return tf.identity(x, name='Identity')
+    raise ValueError(f'unknown activation {name!r}')
 
 
-def _assign_moving_average(variable, value, momentum, name):
+def assign_moving_average(variable, value, momentum, name):
     """``variable -= (variable - value) * (1 - momentum)`` in scope `name`.
 
     Op names follow contrib's batch_norm: ``<name>/decay`` (a Const holding
@@ -388,9 +396,9 @@ def _contrib_batch_norm(values, spec, y):
             updates = []
             if spec.bn_training:
                 updates = [
-                    _assign_moving_average(variables[2], mean, MOMENTUM,
+                    assign_moving_average(variables[2], mean, MOMENTUM,
                                            'AssignMovingAvg'),
-                    _assign_moving_average(variables[3], variance, MOMENTUM,
+                    assign_moving_average(variables[3], variance, MOMENTUM,
                                            'AssignMovingAvg_1'),
                 ]
             for op in updates:
@@ -438,13 +446,13 @@ def build_contrib_layer(spec: LayerSpec,
                     values, spec, y)
                 bn_output = y
             if not spec.residual:
-                y = _activation(y, spec.activation)
+                y = activation(y, spec.activation)
         bypass_op = None
         if spec.residual:
             with tf.name_scope('test/'):
                 y = tf.add(y, x, name='AddV2')
                 bypass_op = y.op
-                y = _activation(y, spec.activation)
+                y = activation(y, spec.activation)
     gamma, beta, moving_mean, moving_variance = bn_vars
     return BuiltLayer(
         graph=graph, inputs=x, output=y, layer_op=layer_op, pre_bn=pre_bn,

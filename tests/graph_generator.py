@@ -499,35 +499,10 @@ def seeded_values(seed: int) -> graph_builders.Values:
     return graph_builders.Values(seed, normal_scale=1.0)
 
 
-def _activation(x, activation):
-    if activation is None:
-        return x
-    if activation == 'relu':
-        return tf.nn.relu(x, name='Relu')
-    if activation == 'relu6':
-        return tf.nn.relu6(x, name='Relu6')
-    if activation == 'tanh':
-        return tf.math.tanh(x, name='Tanh')
-    if activation == 'leaky_relu':
-        return tf.nn.leaky_relu(x, alpha=0.2, name='LeakyRelu')
-    if activation == 'identity':
-        return tf.identity(x, name='Identity')
-    raise ValueError('unknown activation %r' % activation)
-
-
 def assign_moving_average(variable, value, name):
-    """contrib's update: ``variable -= (variable - value) * (1 - momentum)``.
-
-    Ops ``<name>/decay`` (Const 1 - momentum), ``<name>/sub``,
-    ``<name>/mul`` and the assign.
-    """
-    with tf.name_scope(name) as scope:
-        decay = tf.constant(1.0 - MOMENTUM, tf.float32, name='decay')
-        delta = tf.multiply(tf.subtract(variable, value, name='sub'), decay,
-                            name='mul')
-        if variable.op.type == 'VarHandleOp':
-            return variable.assign_sub(delta, read_value=False)
-        return v1.assign_sub(variable, delta, name=scope)
+    """contrib's update with the generator's momentum."""
+    return graph_builders.assign_moving_average(variable, value, MOMENTUM,
+                                                name)
 
 
 def contrib_batch_norm(values, node, y, training):
@@ -627,7 +602,7 @@ def _build_layer(values, node, index, tensors, weights_by_node, training,
                 y = tf.add(y, tensors[node.bypass], name='AddV2')
         pre_activation = y
         with tf.name_scope(outer.original_name_scope):
-            y = _activation(y, node.activation)
+            y = graph_builders.activation(y, node.activation)
     handles = LayerHandles(weights, *bn_vars, biases=biases, biased=biased,
                            pre_activation=pre_activation, output=y)
     return handles, updates

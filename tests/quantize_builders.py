@@ -86,17 +86,6 @@ def build_placement_graph(layer: str, activation: Optional[str],
 # contrib-named layers under any scope.
 
 
-def _moving_average_update(variable, value, name):
-    """contrib batch_norm's ``variable -= (variable - value) * decay``."""
-    with tf.name_scope(name) as scope:
-        decay = tf.constant(1.0 - MOMENTUM, tf.float32, name='decay')
-        delta = tf.multiply(tf.subtract(variable, value, name='sub'), decay,
-                            name='mul')
-        if variable.op.type == 'VarHandleOp':
-            return variable.assign_sub(delta, read_value=False)
-        return v1.assign_sub(variable, delta, name=scope)
-
-
 @dataclasses.dataclass
 class ConvLayer:
     """Handles into one ``conv_layer``.
@@ -150,10 +139,10 @@ def conv_layer(x: tf.Tensor, scope: str, channels: int, values: gb.Values, *,
                     y, batch_mean, batch_var = v1.nn.fused_batch_norm(
                         y, gamma, beta, epsilon=EPSILON, is_training=True)
                     updates = [
-                        _moving_average_update(mean, batch_mean,
-                                               'AssignMovingAvg'),
-                        _moving_average_update(var, batch_var,
-                                               'AssignMovingAvg_1'),
+                        gb.assign_moving_average(mean, batch_mean, MOMENTUM,
+                                                 'AssignMovingAvg'),
+                        gb.assign_moving_average(var, batch_var, MOMENTUM,
+                                                 'AssignMovingAvg_1'),
                     ]
                     for op in updates:
                         v1.add_to_collection(v1.GraphKeys.UPDATE_OPS, op)
