@@ -255,3 +255,75 @@ def test_per_channel_weights_reach_tflite_as_per_channel_scales():
               for t in interpreter.get_tensor_details()
               if t['shape'].tolist() == [3, 3, 3, 2]]
     assert scales == [3]
+
+
+def _transposed_fc(training):
+    """x [4, 6] @ w^T (w is [5, 6], transpose_b) -> unfused BN -> Relu."""
+    rng = np.random.RandomState(5)
+    graph = tf.Graph()
+    with graph.as_default():
+        x = v1.placeholder(tf.float32, [4, 6], name='x')
+        with v1.variable_scope('fc'):
+            w = _variable('weights', rng.randn(5, 6))
+            y = tf.matmul(x, w, transpose_b=True, name='MatMul')
+            with v1.variable_scope('BatchNorm'):
+                gamma = _variable('gamma', 1 + 0.3 * rng.randn(5))
+                beta = _variable('beta', 0.1 * rng.randn(5))
+                moving_mean = _variable('moving_mean', rng.randn(5), False)
+                moving_var = _variable('moving_variance', 1 + rng.rand(5),
+                                       False)
+                if training:
+                    mean, var = tf.nn.moments(y, [0])
+                    for moving, stat in ((moving_mean, mean), (moving_var,
+                                                               var)):
+                        tf.__internal__.train.assign_moving_average(
+                            moving, stat, 0.9, zero_debias=False)
+                else:
+                    mean, var = moving_mean, moving_var
+                y = tf.nn.batch_normalization(y, mean, var, beta, gamma, EPS)
+            out = tf.nn.relu(y, name='Relu')
+    return graph, x, out
+
+
+@pytest.mark.parametrize('training', [True, False])
+def test_transposed_matmul_folds_per_output_channel(training):
+    feed = np.random.RandomState(6).randn(4, 6).astype(np.float32)
+    outputs = []
+    for fold in (False, True):
+        graph, x, out = _transposed_fc(training)
+        if fold:
+            report = tf1_quantize.fold_batch_norms(graph, is_training=training)
+            assert report.folded == ['fc/MatMul']
+        with graph.as_default(), v1.Session() as sess:
+            sess.run(v1.global_variables_initializer())
+            outputs.append(sess.run(out, {x: feed}))
+    _assert_close(outputs[0], outputs[1], 1e-4)
+    assert graph.get_operation_by_name('fc/MatMul_Fold').get_attr(
+        'transpose_b')
+
+
+def test_dilated_conv_keeps_its_dilation_when_folded():
+    rng = np.random.RandomState(7)
+    feed = rng.randn(1, 9, 9, 2).astype(np.float32)
+    outputs = []
+    for fold in (False, True):
+        graph = tf.Graph()
+        with graph.as_default():
+            x = v1.placeholder(tf.float32, [1, 9, 9, 2], name='x')
+            with v1.variable_scope('conv'):
+                w = _variable('weights', np.random.RandomState(8).randn(
+                    3, 3, 2, 3))
+                y = tf.nn.conv2d(x, w, 1, 'SAME', dilations=2, name='Conv2D')
+                y, _, _ = v1.nn.fused_batch_norm(
+                    y, tf.constant([1.0, 2.0, 0.5]), tf.constant([0.1] * 3),
+                    tf.constant([0.2] * 3), tf.constant([1.5] * 3),
+                    epsilon=EPS, is_training=False)
+                out = tf.nn.relu(y)
+            if fold:
+                tf1_quantize.fold_batch_norms(graph, is_training=False)
+                assert graph.get_operation_by_name(
+                    'conv/Conv2D_Fold').get_attr('dilations') == [1, 2, 2, 1]
+            with v1.Session() as sess:
+                sess.run(v1.global_variables_initializer())
+                outputs.append(sess.run(out, {x: feed}))
+    _assert_close(outputs[0], outputs[1], 1e-4)
