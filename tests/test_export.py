@@ -440,14 +440,20 @@ def test_export_session_one_call(tmp_path):
     assert path.read_bytes() == model
 
 
-def test_resolve_output_name_prefers_a_dangling_fake_quant():
+def _dangling_fake_quant_graph():
+    """What the rewrite leaves when the logits are a graph output: a final
+    FakeQuant that nothing reads."""
     graph = tf.Graph()
     with graph.as_default():
         x = v1.placeholder(tf.float32, [None, 4], name=INPUT)
         w = _weight_quant(_weights('fc/weights', [4, 3], 1), 'fc', True)
         logits = tf.matmul(x, w, name='fc/MatMul')
-        # What the rewrite leaves when the logits are a graph output.
         _fake_quant(logits, -4.0, 4.0, 'fc/act_quant/FakeQuant')
+    return graph
+
+
+def test_resolve_output_name_prefers_a_dangling_fake_quant():
+    graph = _dangling_fake_quant_graph()
     assert (export.resolve_output_name(graph, 'fc/MatMul')
             == 'fc/act_quant/FakeQuant:0')
     # A FakeQuant that feeds something is not an output: keep the name.
@@ -458,19 +464,14 @@ def test_resolve_output_name_prefers_a_dangling_fake_quant():
 
 
 def test_export_session_exports_the_dangling_fake_quant():
-    graph = tf.Graph()
-    with graph.as_default():
-        x = v1.placeholder(tf.float32, [None, 4], name=INPUT)
-        w = _weight_quant(_weights('fc/weights', [4, 3], 1), 'fc', True)
-        logits = tf.matmul(x, w, name='fc/MatMul')
-        _fake_quant(logits, -4.0, 4.0, 'fc/act_quant/FakeQuant')
-        with v1.Session(graph=graph) as session:
-            session.run(v1.global_variables_initializer())
-            model, report = export.export_session(
-                session, INPUT, 'fc/MatMul', tf.uint8,
-                input_ranges={INPUT: (-1.0, 1.0)},
-                parity_inputs=np.random.RandomState(0).uniform(
-                    -1, 1, [32, 4]).astype(np.float32))
+    graph = _dangling_fake_quant_graph()
+    with graph.as_default(), v1.Session(graph=graph) as session:
+        session.run(v1.global_variables_initializer())
+        model, report = export.export_session(
+            session, INPUT, 'fc/MatMul', tf.uint8,
+            input_ranges={INPUT: (-1.0, 1.0)},
+            parity_inputs=np.random.RandomState(0).uniform(
+                -1, 1, [32, 4]).astype(np.float32))
     assert report.float_ops == ()
     assert export.output_step(model) == pytest.approx(OUTPUT_STEP)
     assert report.parity.within_one_lsb >= 0.99
