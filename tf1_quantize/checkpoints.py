@@ -9,7 +9,7 @@ rewritten graph, where a failed restore only says "Key not found".
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 import numpy as np
 import tensorflow as tf

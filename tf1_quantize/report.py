@@ -15,7 +15,8 @@ from tf1_quantize.quantize import InsertedQuant
 # they stay float.
 _UNSUPPORTED_LAYER_TYPES = ('Conv3D', 'Conv2DBackpropInput', 'BatchMatMul',
                             'BatchMatMulV2', 'BatchMatMulV3', 'Einsum')
-_VARIABLE_READ_TYPES = ('Identity', 'ReadVariableOp', 'Mul')
+# The weight producers the layer patterns accept (patterns.py `_layer`).
+_LAYER_WEIGHT_SOURCES = ('Identity', 'ReadVariableOp', 'Mul')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,7 +95,7 @@ def _float_reason(op: tf.Operation) -> str:
     if 'while/' in op.name:
         return 'it is inside a while loop'
     weights = op.inputs[1].op
-    if weights.type not in _VARIABLE_READ_TYPES:
+    if weights.type not in _LAYER_WEIGHT_SOURCES:
         return ('its weights come from a %s op (%s), not a variable read' %
                 (weights.type, weights.name))
     return ('no bias add, batch norm or activation after it matched a layer '
