@@ -71,7 +71,11 @@ def test_one_conv_fold_runs_each_layer_once(spec):
     layer_types = ('Conv2D', 'DepthwiseConv2dNative', 'MatMul')
     layers = [n.name for n in live.node if n.op in layer_types]
     assert len(layers) == 1 and layers[0].endswith('_Fold')
-    assert not [n.name for n in live.node if n.op.startswith('FusedBatch')]
+    # The original batch norm reads the original layer, which is not live;
+    # one fused batch norm normalizes the folded layer's unscaled output.
+    batch_norms = [n for n in live.node if n.op.startswith('FusedBatch')]
+    assert len(batch_norms) == 1
+    assert batch_norms[0].input[0].split(':')[0].endswith('unscaled')
 
 
 def test_one_conv_fold_freezes_like_the_exact_fold():
@@ -92,12 +96,18 @@ def test_one_conv_fold_freezes_like_the_exact_fold():
     _assert_matches(outputs[0], outputs[1])
 
 
-def test_one_conv_fold_is_idempotent():
-    built = gb.build_contrib_layer(gb.LayerSpec())
-    tf1_quantize.experimental_create_training_graph(built.graph,
-                                                    one_conv_fold=True)
+@pytest.mark.parametrize('layer', ['conv', 'fc'])
+@pytest.mark.parametrize('freeze_bn_delay', [None, 2])
+def test_one_conv_fold_is_idempotent(layer, freeze_bn_delay):
+    built = gb.build_contrib_layer(gb.LayerSpec(layer=layer))
+
+    def rewrite():
+        tf1_quantize.experimental_create_training_graph(
+            built.graph, freeze_bn_delay=freeze_bn_delay, one_conv_fold=True)
+        return tf1_quantize.last_report(built.graph)
+
+    assert rewrite().folded == [built.layer_op.name]
     before = built.graph.as_graph_def().SerializeToString(deterministic=True)
-    tf1_quantize.experimental_create_training_graph(built.graph,
-                                                    one_conv_fold=True)
+    assert rewrite().affine == []
     after = built.graph.as_graph_def().SerializeToString(deterministic=True)
     assert before == after

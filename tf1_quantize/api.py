@@ -33,6 +33,8 @@ TRAINING_OP_TYPES = frozenset(
     ['ResourceSparseApply' + o for o in _SPARSE_OPTIMIZERS] +
     ['SparseApply' + o for o in _SPARSE_OPTIMIZERS])
 _CONDITIONAL_TYPES = ('If', 'StatelessIf', 'Switch')
+# Name scopes of the conditionals a rewrite builds (quant_delay, freeze).
+_OWN_CONDITIONALS = ('delayed_quant/', 'one_conv_fold/')
 _MIN_BITS, _MAX_BITS = 2, 16
 _LAST_REPORTS: 'weakref.WeakKeyDictionary[tf.Graph, report_lib.RewriteReport]' = (
     weakref.WeakKeyDictionary())
@@ -306,8 +308,8 @@ def _check_conditional_layers(graph: tf.Graph) -> None:
         if op.type not in patterns.LAYER_TYPES:
             continue
         for reader in _layer_readers(op):
-            if reader.type in _CONDITIONAL_TYPES and (
-                    'delayed_quant/' not in reader.name):
+            if reader.type in _CONDITIONAL_TYPES and not any(
+                    scope in reader.name for scope in _OWN_CONDITIONALS):
                 raise UnsupportedGraphError(
                     "Layer op '%s' feeds the conditional '%s' (%s), e.g. a "
                     'batch norm whose training flag is a tensor. Build the '

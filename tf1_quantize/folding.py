@@ -152,34 +152,44 @@ def _fold_one(graph, record, is_training, freeze_bn_delay, one_conv):
     names = _FoldNames(record)
     training_fold = is_training and bn.is_training
     if training_fold and one_conv:
-        weights, output, layer, batch_to_space, stats = _one_conv_layer(
-            graph, record, names)
-        _, bias = _multiplier_and_bias(graph, bn, stats, names, reuse=False)
-        corrections = _corrections(graph, bn, stats, names, freeze_bn_delay)
+        folded = _one_conv_fold(graph, record, names, freeze_bn_delay)
     else:
-        stats = _statistics(graph, bn, training_fold)
-        multiplier, bias = _multiplier_and_bias(graph, bn, stats, names)
-        corrections = None
-        if training_fold:
-            corrections = _corrections(graph, bn, stats, names,
-                                       freeze_bn_delay)
-        weights = _folded_weights(graph, record, names, multiplier,
-                                  corrections)
-        output, layer, batch_to_space = _clone_layer(graph, record, weights,
-                                                     names)
+        folded = _exact_fold(graph, record, names, training_fold,
+                             freeze_bn_delay)
+    weights, layer, batch_to_space, output = folded
+    if graph_edit.reroute(output, bn.output) == 0:
+        raise UnsupportedGraphError('Folding batch norms failed, %s had no '
+                                    'outputs.' % bn.output.name)
+    record.layer, record.weights = layer, weights
+    record.batch_to_space, record.bias_add = batch_to_space, output.op
+    record.batch_norm = None
+
+
+def _exact_fold(graph, record: LayerRecord, names: _FoldNames,
+                training: bool, freeze_bn_delay: Optional[int]):
+    """contrib's fold (see the module docstring), in its training form when
+    `training`.
+
+    Returns:
+        (folded weights, clone, BatchToSpaceND clone or None, output).
+    """
+    bn = record.batch_norm
+    stats = _statistics(graph, bn, training)
+    multiplier, bias = _multiplier_and_bias(graph, bn, stats, names)
+    corrections = None
+    if training:
+        corrections = _corrections(graph, bn, stats, names, freeze_bn_delay)
+    weights = _folded_weights(graph, record, names, multiplier, corrections)
+    output, layer, batch_to_space = _clone_layer(graph, record, weights,
+                                                 names)
     with graph_edit.absolute_name_scope(graph, names.layer_scope):
         if corrections is not None:
             output = tf.multiply(corrections.recip, output,
                                  name='post_conv_mul')
             output = tf.raw_ops.Add(x=output, y=corrections.offset,
                                     name='correction_add')
-        add_fold = tf.raw_ops.Add(x=output, y=bias, name='add_fold')
-    if graph_edit.reroute(add_fold, bn.output) == 0:
-        raise UnsupportedGraphError('Folding batch norms failed, %s had no '
-                                    'outputs.' % bn.output.name)
-    record.layer, record.weights = layer, weights
-    record.batch_to_space, record.bias_add = batch_to_space, add_fold.op
-    record.batch_norm = None
+        output = tf.raw_ops.Add(x=output, y=bias, name='add_fold')
+    return weights, layer, batch_to_space, output
 
 
 def _folded_weights(graph, record: LayerRecord, names, multiplier,
@@ -197,50 +207,92 @@ def _folded_weights(graph, record: LayerRecord, names, multiplier,
         return tf.multiply(weights, multiplier, name='mul_fold')
 
 
-def _one_conv_layer(graph, record: LayerRecord, names):
+def _one_conv_fold(graph, record: LayerRecord, names: _FoldNames,
+                   freeze_bn_delay: Optional[int]):
     """The training fold with one convolution per layer (opt-in).
 
     contrib runs the original layer for the batch statistics and the folded
-    one for the output. Here the folded layer (weights `w * gamma / sigma_mv`,
-    which is what the exact fold feeds it too) runs alone; dividing its
-    output by `gamma / sigma_mv` gives back `conv(x, w)` (with quantized
-    weights), whose moments are the batch statistics, as in PyTorch's ConvBn
-    QAT modules. The moving-average updates are rerouted to these
-    statistics, so the original layer and batch norm no longer run.
+    one for the output. Here the folded layer, with the weights
+    `w * s` (`s = gamma / sigma_mv`, what the exact fold feeds it too), runs
+    alone. Its output divided by `s` is `conv(x, w)` with quantized weights,
+    and a training-mode fused batch norm of that is the batch-statistics BN,
+    computed (forward and backward) by one fused kernel, as PyTorch's ConvBn
+    QAT modules do. Its batch statistics feed the moving-average updates, so
+    the original layer and batch norm no longer run. After the freeze the
+    output is `conv(x, w * s) + beta - mu_mv * s`, the moving-statistics BN.
+
+    No gradient flows through `s`: without quantization `conv(x, w * s) / s`
+    does not depend on `s` at all, so its two paths cancel; with it, their
+    sum would be only the gradient of the weights' rounding error.
 
     Returns:
-        (folded weights, layer output, clone, BatchToSpaceND clone or None,
-        `_Statistics`).
+        (folded weights, clone, BatchToSpaceND clone or None, output).
     """
     bn = record.batch_norm
     with graph_edit.absolute_name_scope(graph, names.bn_fold_scope):
-        moving_multiplier = _scale(bn.gamma, bn.moving_variance, bn.epsilon)
-        multiplier = _per_output_channel(moving_multiplier, record,
-                                         'scale_reshape')
+        scale = tf.stop_gradient(
+            _scale(bn.gamma, bn.moving_variance, bn.epsilon), name='scale')
+        multiplier = _per_output_channel(scale, record, 'scale_reshape')
     with graph_edit.absolute_name_scope(graph, names.layer_scope):
         weights = tf.multiply(record.weights, multiplier, name='mul_fold')
-    output, layer, batch_to_space = _clone_layer(graph, record, weights,
+    folded, layer, batch_to_space = _clone_layer(graph, record, weights,
                                                  names)
-    with graph_edit.absolute_name_scope(graph, names.bn_fold_scope):
-        unfolded = tf.math.divide(output, moving_multiplier, name='unfold')
-        if bn.pre_bias is not None:
-            unfolded = tf.add(unfolded, bn.pre_bias, name='add_pre_bias')
-        mean, variance = tf.nn.moments(
-            unfolded, list(range(unfolded.shape.rank - 1)), name='moments')
-        reported = variance
-        if bn.fused:  # its updates expect Bessel's unbiased variance
-            n = _elements_per_channel(unfolded, mean)
-            reported = tf.multiply(variance, n / tf.maximum(n - 1.0, 1.0),
-                                   name='unbiased')
-    graph_edit.reroute(mean, bn.mean_update.inputs[1],
-                       can_modify=[bn.mean_update])
-    graph_edit.reroute(reported, bn.variance_update.inputs[1],
-                       can_modify=[bn.variance_update])
-    stats = _Statistics(mean=mean, variance=variance,
+    use_moving = _use_moving_average(graph, freeze_bn_delay)
+    _freeze_moving_average(bn.mean_decay, use_moving, 'freeze_moving_mean')
+    _freeze_moving_average(bn.variance_decay, use_moving, 'freeze_moving_var')
+    stats = _Statistics(mean=None, variance=None,
                         moving_mean=bn.moving_mean,
                         moving_variance=bn.moving_variance)
     _centre(graph, bn, stats)
-    return weights, output, layer, batch_to_space, stats
+
+    def batch_statistics():
+        unscaled = tf.multiply(folded, tf.math.reciprocal(scale),
+                               name='unscaled')
+        return _normalize_with_batch_statistics(unscaled, bn)
+
+    def moving_statistics():
+        bias = tf.subtract(bn.beta, stats.moving_mean * scale, name='bias')
+        return (tf.add(folded, bias, name='add_fold'), bn.moving_mean,
+                bn.moving_variance)
+
+    with graph_edit.absolute_name_scope(graph, names.bn_fold_scope):
+        output, mean, variance = conditionals.smart_cond(
+            use_moving, moving_statistics, batch_statistics,
+            name='one_conv_fold')
+    graph_edit.reroute(mean, bn.mean_update.inputs[1],
+                       can_modify=[bn.mean_update])
+    graph_edit.reroute(variance, bn.variance_update.inputs[1],
+                       can_modify=[bn.variance_update])
+    return weights, layer, batch_to_space, output
+
+
+def _normalize_with_batch_statistics(x: tf.Tensor, bn: BatchNormRecord):
+    """A training-mode FusedBatchNormV3 of `x` with the parameters of `bn`.
+
+    Returns:
+        (output shaped like `x`, batch mean and batch variance in the form the
+        moving-average updates of `bn` read them).
+    """
+    channels = x.shape[-1]
+    inputs = x if x.shape.rank == 4 else tf.reshape(x, [-1, 1, 1, channels])
+    gamma = bn.gamma if bn.gamma is not None else tf.ones_like(bn.beta)
+    output, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+        inputs, gamma, bn.beta, epsilon=_static_epsilon(bn),
+        is_training=True, name='batch_norm')
+    if x.shape.rank != 4:
+        output = tf.reshape(output, tf.shape(x), name='batch_norm_output')
+    if bn.pre_bias is not None:  # `x` lacks it; only the mean notices.
+        mean = tf.add(mean, bn.pre_bias, name='mean_with_pre_bias')
+    if not bn.fused:  # Output 2 carries Bessel's correction; undo it.
+        n = _elements_per_channel(inputs, mean)
+        variance = tf.multiply(variance, (n - 1.0) / n, name='biased_variance')
+    return output, mean, variance
+
+
+def _static_epsilon(bn: BatchNormRecord) -> float:
+    if bn.fused:
+        return bn.epsilon
+    return float(tf.get_static_value(bn.epsilon))
 
 
 def _scale(gamma, variance, epsilon) -> tf.Tensor:
@@ -323,16 +375,16 @@ def _elements_per_channel(x: tf.Tensor, channel_vector: tf.Tensor):
 
 
 def _multiplier_and_bias(graph, bn: BatchNormRecord, stats: _Statistics,
-                         names: _FoldNames, reuse: bool = True):
+                         names: _FoldNames):
     """`gamma / sigma` and `beta - mean * gamma / sigma`.
 
-    An unfused BN already computes both; they are reused (when `reuse`)
-    unless a pre-BN bias changes the mean.
+    An unfused BN already computes both; they are reused unless a pre-BN
+    bias changes the mean.
     """
-    if reuse and bn.multiplier is not None and bn.pre_bias is None:
+    if bn.multiplier is not None and bn.pre_bias is None:
         return bn.multiplier, bn.bias
     with graph_edit.absolute_name_scope(graph, names.bn_fold_scope):
-        multiplier = bn.multiplier if reuse else None
+        multiplier = bn.multiplier
         if multiplier is None:
             multiplier = _scale(bn.gamma, stats.variance, bn.epsilon)
         bias = tf.subtract(bn.beta, stats.mean * multiplier, name='bias')

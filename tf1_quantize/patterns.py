@@ -92,7 +92,43 @@ _correction_add = P(ADD, inputs=[_post_conv_mul, '*'])
 _folded_bias_add = P(ADD,
                      name='folded_bias_add',
                      inputs=[_correction_add, '*'])
-_pre_activation = OneofPattern([_bias_add, _folded_bias_add, _batch_norm])
+
+
+def _one_conv_fold_patterns(layer_output):
+    """The one-convolution training fold after `layer_output`: the folded
+    layer's output, unscaled, normalized by a training-mode fused batch norm;
+    with a freeze, a v1 cond (Switch/Merge, batch-statistics branch first)
+    selects between that and the moving-statistics form.
+
+    Returns:
+        (the batch norm pattern, the pattern of the fold's last op).
+    """
+    unscaled = P('Mul',
+                 inputs=[
+                     OneofPattern([
+                         P('Switch', inputs=[layer_output, '*']), layer_output
+                     ]), '*'
+                 ])
+    batch_norm = P('FusedBatchNormV3',
+                   name='one_conv_bn',
+                   inputs=[
+                       OneofPattern(
+                           [P('Reshape', inputs=[unscaled, '*']), unscaled]),
+                       '*', '*', '*', '*'
+                   ])
+    batch_output = OneofPattern([
+        P('Reshape', name='one_conv_reshape', inputs=[batch_norm, '*']),
+        batch_norm
+    ])
+    return batch_norm, OneofPattern([
+        P('Merge', name='one_conv_merge', inputs=[batch_output, '*']),
+        batch_output
+    ])
+
+
+_, _one_conv_fold = _one_conv_fold_patterns(_layer_output)
+_pre_activation = OneofPattern(
+    [_bias_add, _folded_bias_add, _one_conv_fold, _batch_norm])
 _bn_identity = P('Identity', inputs=[_pre_activation])
 _bypass = P(ADD,
             name='bypass',
@@ -139,6 +175,14 @@ _any_unfused_bn = P(ADD,
                     ])
 _STANDALONE_BN_MATCHER = GraphMatcher(
     OneofPattern([_any_fused_bn, _any_unfused_bn]))
+
+# Also once the folded layer's weights are quantized.
+_ONE_CONV_BN_MATCHER = GraphMatcher(
+    _one_conv_fold_patterns(
+        OneofPattern([
+            P('BatchToSpaceND', inputs=[P('|'.join(LAYER_TYPES)), '*', '*']),
+            P('|'.join(LAYER_TYPES))
+        ]))[0])
 
 _LAYER_MATCHERS = [
     GraphMatcher(p)
@@ -288,6 +332,8 @@ def find_standalone_batch_norms(
         A `BatchNormRecord` per batch norm, in graph order.
     """
     claimed = {r.batch_norm.op for r in records if r.batch_norm is not None}
+    claimed.update(match.get_op('one_conv_bn')
+                   for match in _ONE_CONV_BN_MATCHER.match_graph(graph))
     found = []
     for match in _STANDALONE_BN_MATCHER.match_graph(graph):
         if (match.get_op('fused_bn') or match.get_op('unfused_bn')) in claimed:
@@ -342,11 +388,20 @@ def _record_from_match(match) -> Optional[LayerRecord]:
         weights=match.get_op('layer').inputs[1],
         batch_to_space=match.get_op('batch_to_space'),
         batch_norm=batch_norm,
-        bias_add=match.get_op('bias_add') or match.get_op('folded_bias_add'),
+        bias_add=_folded_output(match),
         bypass=match.get_op('bypass'),
         activation=activation,
         post_activation_bypass=match.get_op('post_activation_bypass'),
         is_separable_inner=match.get_op('sep_conv') is not None)
+
+
+def _folded_output(match) -> Optional[tf.Operation]:
+    """The bias add, or the last op of a folded batch norm."""
+    for name in ('bias_add', 'folded_bias_add', 'one_conv_merge',
+                 'one_conv_reshape', 'one_conv_bn'):
+        if match.get_op(name) is not None:
+            return match.get_op(name)
+    return None
 
 
 def _is_partial_fully_connected_match(match) -> bool:
