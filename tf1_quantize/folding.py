@@ -566,10 +566,11 @@ def _fold_fused_batch_norm_grad(op, *grads):
     x, mean = op.inputs[0], op.outputs[1]
     grad_mean, grad_var = grads[1], grads[2]
     n = _elements_per_channel(x, mean)
-    grad_x = tf.zeros_like(x)
-    if grad_mean is not None:
-        grad_x += grad_mean / n
-    if grad_var is not None:
-        # One element per channel: the variance is 0 whatever x is.
-        grad_x += tf.math.divide_no_nan(2.0 * grad_var * (x - mean), n - 1.0)
+    # Per-channel factors first: only (x - mean) * a + b touches all of x.
+    zeros = tf.zeros_like(mean)
+    offset = grad_mean / n if grad_mean is not None else zeros
+    # One element per channel: the variance is 0 whatever x is.
+    factor = (tf.math.divide_no_nan(2.0 * grad_var, n - 1.0)
+              if grad_var is not None else zeros)
+    grad_x = (x - mean) * factor + offset
     return [grad_x] + [None] * (len(op.inputs) - 1)
