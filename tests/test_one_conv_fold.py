@@ -23,19 +23,28 @@ def _specs():
             (False, True)):
         yield gb.LayerSpec(layer=layer, bn=bn, resource=resource,
                            activation='relu6')
+    for bn in ('fused', 'unfused'):
+        yield gb.LayerSpec(bn=bn, scale=False)
+        yield gb.LayerSpec(bn=bn, residual=True)
 
 
-def _train(spec, rewrite):
+def _build_keras(layer):
+    return lambda: gb.build_keras_layer(layer, use_bias=True)
+
+
+def _train(spec_or_builder, rewrite):
     """Output and gradients on one batch, then the moving statistics after
     STEPS update steps on other batches."""
-    built = gb.build_contrib_layer(spec)
+    built = (spec_or_builder() if callable(spec_or_builder) else
+             gb.build_contrib_layer(spec_or_builder))
     head = gb.add_head(built)
     graph = built.graph
     with graph.as_default():
         if rewrite:
             rewrite(graph)
-        grads = v1.gradients(tf.reduce_sum(head),
-                             [built.inputs, built.weights, built.beta])
+        variables = [built.weights, built.beta, built.gamma]
+        grads = v1.gradients(tf.reduce_sum(head), [built.inputs] + [
+            v for v in variables if v is not None])
         updates = v1.get_collection(v1.GraphKeys.UPDATE_OPS)
         with v1.Session() as sess:
             sess.run(v1.global_variables_initializer())
@@ -58,6 +67,16 @@ def test_one_conv_fold_equals_batch_statistics_bn(spec):
     expected, _, _, _ = _train(spec, None)
     actual, _, _, _ = _train(spec, lambda g: tf1_quantize.fold_batch_norms(
         g, is_training=True, one_conv_fold=True))
+    _assert_matches(expected, actual)
+
+
+@pytest.mark.parametrize('layer', ['conv', 'depthwise', 'fc'])
+def test_one_conv_fold_of_keras_layers_with_bias(layer):
+    """Keras BNs (fused for images, unfused for Dense) after a biased layer."""
+    expected, _, _, _ = _train(_build_keras(layer), None)
+    actual, _, _, _ = _train(_build_keras(layer),
+                             lambda g: tf1_quantize.fold_batch_norms(
+                                 g, is_training=True, one_conv_fold=True))
     _assert_matches(expected, actual)
 
 

@@ -240,10 +240,7 @@ def _one_conv_fold(graph, record: LayerRecord, names: _FoldNames,
     use_moving = _use_moving_average(graph, freeze_bn_delay)
     _freeze_moving_average(bn.mean_decay, use_moving, 'freeze_moving_mean')
     _freeze_moving_average(bn.variance_decay, use_moving, 'freeze_moving_var')
-    stats = _Statistics(mean=None, variance=None,
-                        moving_mean=bn.moving_mean,
-                        moving_variance=bn.moving_variance)
-    _centre(graph, bn, stats)
+    moving_mean = _centred(graph, bn, bn.moving_mean, 'centred_moving_mean')
 
     def batch_statistics():
         unscaled = tf.multiply(folded, tf.math.reciprocal(scale),
@@ -251,7 +248,7 @@ def _one_conv_fold(graph, record: LayerRecord, names: _FoldNames,
         return _normalize_with_batch_statistics(unscaled, bn)
 
     def moving_statistics():
-        bias = tf.subtract(bn.beta, stats.moving_mean * scale, name='bias')
+        bias = tf.subtract(bn.beta, moving_mean * scale, name='bias')
         return (tf.add(folded, bias, name='add_fold'), bn.moving_mean,
                 bn.moving_variance)
 
@@ -348,13 +345,19 @@ def _statistics(graph, bn: BatchNormRecord, training_fold: bool) -> _Statistics:
 def _centre(graph, bn: BatchNormRecord, stats: _Statistics) -> None:
     """Shifts the means by a bias added before the batch norm (see the
     module docstring)."""
+    stats.mean = _centred(graph, bn, stats.mean, 'centred_mean')
+    if stats.moving_mean is not None:
+        stats.moving_mean = _centred(graph, bn, stats.moving_mean,
+                                     'centred_moving_mean')
+
+
+def _centred(graph, bn: BatchNormRecord, mean: tf.Tensor,
+             name: str) -> tf.Tensor:
+    """`mean` minus the bias added before the batch norm, if any."""
     if bn.pre_bias is None:
-        return
+        return mean
     with graph_edit.absolute_name_scope(graph, graph_edit.scope_of(bn.op)):
-        stats.mean = tf.subtract(stats.mean, bn.pre_bias, name='centred_mean')
-        if stats.moving_mean is not None:
-            stats.moving_mean = tf.subtract(stats.moving_mean, bn.pre_bias,
-                                            name='centred_moving_mean')
+        return tf.subtract(mean, bn.pre_bias, name=name)
 
 
 def _undo_bessel_correction(graph, bn: BatchNormRecord) -> tf.Tensor:
