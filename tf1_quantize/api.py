@@ -14,6 +14,7 @@ import tensorflow as tf
 from absl import logging
 
 from tf1_quantize import folding
+from tf1_quantize import forward_folding
 from tf1_quantize import patterns
 from tf1_quantize import quantize
 from tf1_quantize import report as report_lib
@@ -157,6 +158,10 @@ def fold_batch_norms(graph: Optional[tf.Graph] = None,
                      one_conv_fold: bool = False) -> report_lib.RewriteReport:
     """Folds every batch norm into the layer before it, without quantizing.
 
+    A batch norm that follows no layer is folded forward into the layer
+    after it where that is exact (`patterns.find_forward_folds`), and left
+    as it is otherwise.
+
     Args:
         graph: the graph to rewrite in place; the default graph if None.
         is_training: build the training fold (batch-statistics corrections)
@@ -187,14 +192,17 @@ def _rewrite(input_graph, *, is_training, weight_bits=8, activation_bits=8,
     if quantize_layers:
         _check_for_training_ops(graph)
     records = patterns.find_layers(graph)
-    standalone = (patterns.find_standalone_batch_norms(graph, records)
-                  if quantize_layers else [])
-    _check_graph(graph, records, standalone, is_training)
+    forward, standalone = _split_standalone(graph, records, quantize_layers)
+    _check_graph(graph, records,
+                 [f.batch_norm for f in forward] + standalone, is_training)
     folded = [r.layer.name for r in records if r.batch_norm is not None]
     layers = [r.layer.name for r in records]
     with graph.as_default():
         folding.fold(graph, records, is_training, freeze_bn_delay,
                      one_conv=bool(one_conv_fold))
+        for fold in forward:
+            forward_folding.fold_forward(graph, fold, is_training,
+                                         freeze_bn_delay)
         affines = [
             folding.rewrite_as_affine(graph, bn, is_training, freeze_bn_delay)
             for bn in standalone
@@ -213,10 +221,27 @@ def _rewrite(input_graph, *, is_training, weight_bits=8, activation_bits=8,
         affine=[bn.op.name for bn in standalone], fake_quants=inserted,
         float_ops=report_lib.find_float_layers(
             graph, layers + [r.layer.name for r in records])
-        if quantize_layers else [])
+        if quantize_layers else [],
+        folded_forward=[f.batch_norm.op.name for f in forward],
+        forward_layers=[f.layer.layer.name for f in forward])
     logging.info('%s', result)
     _LAST_REPORTS[graph] = result
     return result
+
+
+def _split_standalone(graph: tf.Graph, records, quantize_layers: bool):
+    """The batch norms no layer folds: those that fold forward, and the rest
+    (rewritten as affine ops when quantizing, else left alone).
+
+    Returns:
+        (`ForwardFoldRecord`s, `BatchNormRecord`s).
+    """
+    standalone = patterns.find_standalone_batch_norms(graph, records)
+    forward = patterns.find_forward_folds(standalone, records)
+    if not quantize_layers:
+        return forward, []
+    taken = {f.batch_norm.op for f in forward}
+    return forward, [bn for bn in standalone if bn.op not in taken]
 
 
 def last_report(graph: Optional[tf.Graph] = None

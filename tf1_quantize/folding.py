@@ -577,3 +577,68 @@ def _fold_fused_batch_norm_grad(op, *grads):
               if grad_var is not None else zeros)
     grad_x = (x - mean) * factor + offset
     return [grad_x] + [None] * (len(op.inputs) - 1)
+
+
+@dataclasses.dataclass
+class ChannelTerms:
+    """A batch norm as ``(x * correction) * scale + offset`` per channel.
+
+    Folding it forward scales the next layer's weights by `scale` along their
+    input axis and adds the layer's response to `offset` to its bias (see
+    `forward_folding`).
+
+    Attributes:
+        scale: `gamma / sigma` (eval) or `gamma / sigma_mv` (training).
+        offset: `beta - mu * gamma / sigma` with the statistics in use: in
+            training the batch ones until the freeze, then the moving ones.
+        correction: training only, `sigma_mv / sigma_B` until the freeze,
+            then 1; None in eval.
+    """
+    scale: tf.Tensor
+    offset: tf.Tensor
+    correction: Optional[tf.Tensor] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class _ChannelScopes:
+    """The scopes `_multiplier_and_bias` and `_corrections` read from a
+    `_FoldNames`, for a batch norm that no layer record holds."""
+    bn_fold_scope: str
+
+    @property
+    def correction_scope(self) -> str:
+        return graph_edit.join_scope(self.bn_fold_scope,
+                                     'batch_norm_correction')
+
+
+def channel_terms(graph: tf.Graph, bn: BatchNormRecord, is_training: bool,
+                  freeze_bn_delay: Optional[int], scope: str) -> ChannelTerms:
+    """Builds the per-channel terms of a batch norm folded forward.
+
+    The training terms use the corrections of the module docstring, so the
+    weights they scale move with the moving sigma only, the batch norm's
+    output is exact before and after the freeze, and the moving averages
+    stop at the freeze, as for backward folds.
+
+    Args:
+        graph: the graph holding `bn`.
+        bn: the batch norm (validated by `validate`).
+        is_training: build the training form.
+        freeze_bn_delay: step from which moving statistics are used, or None.
+        scope: name scope of the new ops.
+
+    Returns:
+        The `ChannelTerms`.
+    """
+    training = is_training and bn.is_training
+    stats = _statistics(graph, bn, training)
+    scopes = _ChannelScopes(scope)
+    multiplier, bias = _multiplier_and_bias(graph, bn, stats, scopes)
+    if not training:
+        return ChannelTerms(scale=multiplier, offset=bias)
+    corrections = _corrections(graph, bn, stats, scopes, freeze_bn_delay)
+    with graph_edit.absolute_name_scope(graph, scope):
+        scale = _scale(bn.gamma, stats.moving_variance, bn.epsilon)
+        offset = tf.add(bias, corrections.offset, name='offset')
+    return ChannelTerms(scale=scale, offset=offset,
+                        correction=corrections.recip)

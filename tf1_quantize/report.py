@@ -39,6 +39,9 @@ class RewriteReport:
             quantized per-channel multiply and add ops.
         fake_quants: the FakeQuant ops inserted.
         float_ops: compute ops that stay float, with the reason.
+        folded_forward: names of the batch norms no layer precedes that were
+            folded forward, into the layer reading their output.
+        forward_layers: the layer each of `folded_forward` went into.
     """
     is_training: bool
     layers: List[str]
@@ -46,16 +49,21 @@ class RewriteReport:
     affine: List[str]
     fake_quants: List[InsertedQuant]
     float_ops: List[FloatOp]
+    folded_forward: List[str] = dataclasses.field(default_factory=list)
+    forward_layers: List[str] = dataclasses.field(default_factory=list)
 
     def __str__(self) -> str:
         lines = [
-            '%s rewrite: %d layers, %d batch norms folded, %d rewritten as '
-            'affine ops, %d FakeQuant ops inserted, %d compute ops left float.'
+            '%s rewrite: %d layers, %d batch norms folded, %d folded '
+            'forward, %d rewritten as affine ops, %d FakeQuant ops '
+            'inserted, %d compute ops left float.'
             % ('Training' if self.is_training else 'Eval', len(self.layers),
-               len(self.folded), len(self.affine), len(self.fake_quants),
-               len(self.float_ops))
+               len(self.folded), len(self.folded_forward), len(self.affine),
+               len(self.fake_quants), len(self.float_ops))
         ]
         lines += ['  folded: %s' % name for name in self.folded]
+        lines += ['  folded forward: %s into %s' % pair
+                  for pair in zip(self.folded_forward, self.forward_layers)]
         lines += ['  affine (not after a layer): %s' % name
                   for name in self.affine]
         lines += ['  quantized %s with %s' % (q.tensor, q.name)
