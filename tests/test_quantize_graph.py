@@ -680,6 +680,8 @@ def test_placement_second_call_changes_nothing(layer, bn, activation, bypass,
     rewrite()
     assert _global_names(graph) == variables
     assert _graph_bytes(graph) == first
+    # The layers an earlier rewrite quantized are not reported as float.
+    assert tf1_quantize.last_report(graph).float_ops == []
 
 
 @pytest.mark.parametrize('activation,bypass', [('Relu6', True),

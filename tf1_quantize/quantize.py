@@ -287,11 +287,17 @@ def _should_quantize_intermediate(op: tf.Operation,
     return any(_comes_from_quantized(t.op, quantized_ops) for t in op.inputs)
 
 
+def is_fake_quant_output(op: tf.Operation) -> bool:
+    """Whether `op` outputs a fake-quantized tensor (a FakeQuant, or the
+    quant_delay conditional choosing between one and its input)."""
+    return op.type in _FAKE_QUANT_TYPES or 'delayed_quant/Merge' in op.name
+
+
 def _comes_from_quantized(op: tf.Operation,
                           quantized_ops: Set[tf.Operation]) -> bool:
     while op.type in _PASS_THROUGH_TYPES and op.inputs:
         op = op.inputs[0].op
-    if op.type in _FAKE_QUANT_TYPES or 'delayed_quant/Merge' in op.name:
+    if is_fake_quant_output(op):
         return True
     if op.type in _INTERMEDIATE_TYPES:
         return _should_quantize_intermediate(op, quantized_ops)

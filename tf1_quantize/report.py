@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from tf1_quantize import graph_edit
 from tf1_quantize import patterns
+from tf1_quantize import quantize
 from tf1_quantize.quantize import InsertedQuant
 
 # Compute ops the rewrite never quantizes; listed so that the report can say
@@ -90,10 +91,16 @@ def find_float_layers(graph: tf.Graph,
     for op in graph.get_operations():
         if (op.type not in patterns.LAYER_TYPES + _UNSUPPORTED_LAYER_TYPES or
                 op.name in quantized or op.name + '_Fold' in names or
-                graph_edit.is_skipped(op)):
+                graph_edit.is_skipped(op) or _quantized_earlier(op)):
             continue
         found.append(FloatOp(op.name, op.type, _float_reason(op)))
     return found
+
+
+def _quantized_earlier(op: tf.Operation) -> bool:
+    """A layer whose weights an earlier rewrite already fake-quantized."""
+    return (op.type in patterns.LAYER_TYPES and
+            quantize.is_fake_quant_output(op.inputs[1].op))
 
 
 def _float_reason(op: tf.Operation) -> str:
