@@ -799,12 +799,15 @@ def rewrite_calls(draw, modes=('training', 'eval', 'fold')):
         return _call(function)
     if function == 'fold_batch_norms':
         return _call(function, is_training=draw(st.booleans()),
-                     freeze_bn_delay=draw(st.sampled_from((None, 0, 3))))
+                     freeze_bn_delay=draw(st.sampled_from((None, 0, 3))),
+                     one_conv_fold=draw(st.booleans()))
     kwargs = dict(weight_bits=draw(_BITS), activation_bits=draw(_BITS),
-                  symmetric=draw(st.booleans()), scope=draw(_SCOPES))
+                  symmetric=draw(st.booleans()), scope=draw(_SCOPES),
+                  per_channel_weights=draw(st.booleans()))
     if function == 'experimental_create_training_graph':
         kwargs['quant_delay'] = draw(st.sampled_from((0, 3)))
         kwargs['freeze_bn_delay'] = draw(st.sampled_from((None, 0, 3)))
+        kwargs['one_conv_fold'] = draw(st.booleans())
     else:
         kwargs['quant_delay'] = draw(st.sampled_from((None, 3)))
     return _call(function, **kwargs)
@@ -819,9 +822,10 @@ def training_eval_call_pairs(draw):
                       quant_delay=draw(st.sampled_from((0, 3)))),
                 _call('create_eval_graph'))
     shared = dict(weight_bits=draw(_BITS), activation_bits=draw(_BITS),
-                  symmetric=draw(st.booleans()), scope=draw(_SCOPES))
+                  symmetric=draw(st.booleans()), scope=draw(_SCOPES),
+                  per_channel_weights=draw(st.booleans()))
     training = _call('experimental_create_training_graph',
                      quant_delay=draw(st.sampled_from((0, 3))),
                      freeze_bn_delay=draw(st.sampled_from((None, 3))),
-                     **shared)
+                     one_conv_fold=draw(st.booleans()), **shared)
     return training, _call('experimental_create_eval_graph', **shared)

@@ -143,11 +143,12 @@ def _run_training_probe(built: gen.BuiltGraph) -> _TrainingRun:
     return _TrainingRun(outputs, gradients, moving_values)
 
 
-def check_training_graph_matches_original(desc: gen.GraphDesc) -> None:
+def check_training_graph_matches_original(desc: gen.GraphDesc,
+                                          one_conv_fold: bool) -> None:
     """`experimental_create_training_graph(quant_delay=10**6,
-    freeze_bn_delay=10**6)`: with both delays in the future the rewritten
-    graph computes exactly the original function (batch-statistics BN, no
-    quantization), so
+    freeze_bn_delay=10**6)`, with either training fold: with both delays in
+    the future the rewritten graph computes exactly the original function
+    (batch-statistics BN, no quantization), so
 
     * outputs agree within 1e-4 x max|original output|;
     * gradients of the probe loss (a fixed random-weighted sum of the
@@ -160,7 +161,8 @@ def check_training_graph_matches_original(desc: gen.GraphDesc) -> None:
     original = gen.build(desc, bn_training=True)
     rewritten = gen.build(desc, bn_training=True)
     tf1_quantize.experimental_create_training_graph(
-        rewritten.graph, quant_delay=FUTURE, freeze_bn_delay=FUTURE)
+        rewritten.graph, quant_delay=FUTURE, freeze_bn_delay=FUTURE,
+        one_conv_fold=one_conv_fold)
     expected = _run_training_probe(original)
     actual = _run_training_probe(rewritten)
     for index, (want, got) in enumerate(zip(expected.outputs,
@@ -559,7 +561,7 @@ PROPERTIES = [
                   call=gen.rewrite_calls(), bn_training=st.booleans())),
     Property('training_graph_matches_original',
              check_training_graph_matches_original,
-             dict(desc=gen.graph_descriptions())),
+             dict(desc=gen.graph_descriptions(), one_conv_fold=st.booleans())),
     Property('eval_graph_within_quantization_bound',
              check_eval_graph_within_quantization_bound,
              dict(desc=gen.graph_descriptions())),
@@ -585,8 +587,8 @@ def test_rewrite_succeeds_or_refuses_without_mutation(desc, call,
 @settings(max_examples=50, deadline=None, derandomize=True,
           suppress_health_check=SLOW)
 @given(**_BY_NAME['training_graph_matches_original'].strategies)
-def test_training_graph_matches_original_before_delays(desc):
-    check_training_graph_matches_original(desc)
+def test_training_graph_matches_original_before_delays(desc, one_conv_fold):
+    check_training_graph_matches_original(desc, one_conv_fold)
 
 
 @settings(max_examples=50, deadline=None, derandomize=True,
@@ -660,5 +662,5 @@ def test_chained_standalone_batch_norms(first, second):
         gen.Norm(1, first, bn_scale=True),
         gen.Norm(2, second, bn_scale=True),
     ), resource=True, seed=5)
-    check_training_graph_matches_original(desc)
+    check_training_graph_matches_original(desc, one_conv_fold=False)
     check_eval_graph_within_quantization_bound(desc)
