@@ -278,9 +278,17 @@ def _source(draw, candidates: List[int]):
 
 
 @st.composite
-def _layer(draw, shapes, nodes, src, hazards):
+def _layer(draw, shapes, nodes, src, hazards, after_norm=False):
+    """Draws a layer (after a flatten for a MatMul on a 4-D tensor).
+
+    With `after_norm` it reads the output of a `Norm` in the way that lets
+    the rewrite fold that batch norm forward: a MatMul, or a VALID Conv2D,
+    with its own weights and no batch norm of its own.
+    """
     in_shape = shapes[src]
     kinds = LAYER_KINDS if len(in_shape) == 4 else ('fc',)
+    if after_norm:
+        kinds = ('conv', 'fc') if len(in_shape) == 4 else ('fc',)
     kind = draw(st.sampled_from(kinds))
     flatten = None
     if kind == 'fc' and len(in_shape) == 4:
@@ -294,10 +302,10 @@ def _layer(draw, shapes, nodes, src, hazards):
         if isinstance(n, Layer) and n.kind == kind and n.share is None
         and not n.const_weights and shapes[n.src][-1] == in_shape[-1]
     ]
-    if sharable and draw(st.booleans()):
+    if sharable and not after_norm and draw(st.booleans()):
         share = draw(st.sampled_from(sharable))
     # A residual block keeps the shape, so that the input can be added.
-    residual = share is None and draw(st.booleans())
+    residual = share is None and not after_norm and draw(st.booleans())
     if share is not None:
         channels, kernel = nodes[share].channels, nodes[share].kernel
     elif kind == 'conv':
@@ -314,11 +322,12 @@ def _layer(draw, shapes, nodes, src, hazards):
         stride = draw(st.sampled_from((1, 2)))
     if (kind == 'conv' and not residual
             and min(in_shape[1:3]) >= kernel):
-        padding = draw(st.sampled_from(('SAME', 'VALID')))
+        padding = draw(st.sampled_from(
+            ('VALID',) if after_norm else ('SAME', 'VALID')))
     layer = Layer(src=src, kind=kind, channels=channels, kernel=kernel,
                   stride=stride, padding=padding, share=share)
     out_shape = node_shape(layer, shapes)
-    bn = draw(st.sampled_from(BATCH_NORMS))
+    bn = None if after_norm else draw(st.sampled_from(BATCH_NORMS))
     # A training batch norm over a single element per channel has zero
     # variance; see test_properties' dedicated test instead.
     if int(np.prod(out_shape[:-1])) < 2:
@@ -398,6 +407,10 @@ def graph_descriptions(draw, max_layers: int = 4, hazards: bool = False):
             bn = draw(st.sampled_from(BATCH_NORMS[1:]))
             updates = not (hazards and draw(st.integers(0, 3)) == 0)
             new = [Norm(src, bn, draw(st.booleans()), updates)]
+            if draw(st.booleans()):  # a layer it may fold forward into
+                new += draw(_layer(shapes + [node_shape(new[0], shapes)],
+                                   nodes + new, len(shapes), hazards,
+                                   after_norm=True))
         elif choice == 'concat':
             a, b = draw(st.sampled_from(
                 _pairs(shapes, lambda a, b: a[:-1] == b[:-1])[::-1]))
