@@ -10,7 +10,6 @@ import tensorflow as tf
 from tf1_quantize import graph_edit
 from tf1_quantize import patterns
 from tf1_quantize import quantize
-from tf1_quantize.quantize import InsertedQuant
 
 # Compute ops the rewrite never quantizes; listed so that the report can say
 # they stay float.
@@ -48,7 +47,7 @@ class RewriteReport:
     layers: List[str]
     folded: List[str]
     affine: List[str]
-    fake_quants: List[InsertedQuant]
+    fake_quants: List[quantize.InsertedQuant]
     float_ops: List[FloatOp]
     folded_forward: List[str] = dataclasses.field(default_factory=list)
     forward_layers: List[str] = dataclasses.field(default_factory=list)
