@@ -664,3 +664,25 @@ def test_chained_standalone_batch_norms(first, second):
     ), resource=True, seed=5)
     check_training_graph_matches_original(desc, one_conv_fold=False)
     check_eval_graph_within_quantization_bound(desc)
+
+
+@pytest.mark.parametrize('layer', ['fc', 'conv'])
+def test_forward_fold_skips_a_layer_whose_add_is_a_residual_sum(layer):
+    """Found by the soak (seeds 160 and 13796): a BN before a layer whose
+    output also feeds a residual Add. The patterns call that Add the layer's
+    bias add, but the folded bias cannot go there (the other readers of the
+    layer would miss it), so the BN stays affine. Properties 2 and 3."""
+    if layer == 'fc':
+        nodes = (gen.Norm(0, 'unfused', bn_scale=False),
+                 gen.Reshape(1),
+                 gen.Layer(2, 'fc', 4),
+                 gen.Layer(3, 'fc', 4, bn='unfused', activation='relu',
+                           bypass=3))
+    else:
+        nodes = (gen.Norm(0, 'unfused', bn_scale=False),
+                 gen.Layer(1, 'conv', 2, kernel=1, padding='VALID'),
+                 gen.Layer(2, 'depthwise', 1, bias=True, activation='relu'),
+                 gen.Add(2, 3))
+    desc = gen.GraphDesc((2, 3, 5, 2), nodes, resource=True, seed=7)
+    check_training_graph_matches_original(desc, one_conv_fold=False)
+    check_eval_graph_within_quantization_bound(desc)

@@ -604,14 +604,21 @@ def _takes_forward_fold(record: LayerRecord) -> bool:
 
 
 def _has_separate_bias(record: LayerRecord) -> bool:
-    """No bias add, or one whose other input can take another term."""
+    """No bias add, or one that alone reads the layer's output and adds a
+    per-channel vector, which can take the folded bias as another term.
+
+    The patterns call any Add after a layer its bias add (as contrib did);
+    a residual sum of two activations is not a place for the bias.
+    """
     add = record.bias_add
     if add is None:
         return True
-    others = [t for t in add.inputs
-              if not graph_edit.same_tensor(t, record.layer.outputs[0])]
-    return len(others) == 1 and (add.type != 'BiasAdd' or _string_attr(
-        add, 'data_format') == 'NHWC')
+    output = record.layer.outputs[0]
+    others = [t for t in add.inputs if not graph_edit.same_tensor(t, output)]
+    return (len(others) == 1 and graph_edit.consumers(output) == [add]
+            and _is_channel_vector(others[0], output.shape[-1])
+            and (add.type != 'BiasAdd'
+                 or _string_attr(add, 'data_format') == 'NHWC'))
 
 
 def _string_attr(op: tf.Operation, name: str) -> str:
