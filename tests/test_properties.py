@@ -686,3 +686,23 @@ def test_forward_fold_skips_a_layer_whose_add_is_a_residual_sum(layer):
     desc = gen.GraphDesc((2, 3, 5, 2), nodes, resource=True, seed=7)
     check_training_graph_matches_original(desc, one_conv_fold=False)
     check_eval_graph_within_quantization_bound(desc)
+
+
+def test_a_layer_added_to_another_layer_is_rewritten_once():
+    """Found by the soak (seed 22027): a bare MatMul whose output another
+    layer adds to its own. The first rewrite takes the Add for the other
+    layer's bias add; the second must not take it for the MatMul's once the
+    other layer's weights are quantized. Property 4."""
+    desc = gen.GraphDesc((1, 3, 5, 1), (
+        gen.Norm(0, 'fused'),
+        gen.Reshape(1),
+        gen.Layer(2, 'fc', 2, kernel=1),
+        gen.Concat(3, 2),
+        gen.Layer(4, 'fc', 1, kernel=1, activation='tanh'),
+        gen.Concat(5, 3),
+        gen.Layer(6, 'fc', 4, kernel=1),
+        gen.Layer(7, 'fc', 2, kernel=1, bypass=3),
+    ), resource=True, seed=22027)
+    check_second_rewrite_is_noop(
+        desc, gen._call('create_training_graph', quant_delay=0),
+        bn_training=True)

@@ -383,6 +383,8 @@ def _feeds_batch_norm(match, bn_inputs) -> bool:
 
 def _record_from_match(match) -> Optional[LayerRecord]:
     """Builds the record of one match, or None for a dead batch norm."""
+    if _is_second_layer_of_a_sum(match):
+        return None
     batch_norm = None
     if match.get_op('fused_bn') is not None or match.get_op('unfused_bn'):
         if _is_partial_fully_connected_match(match):
@@ -403,6 +405,23 @@ def _record_from_match(match) -> Optional[LayerRecord]:
         activation=activation,
         post_activation_bypass=match.get_op('post_activation_bypass'),
         is_separable_inner=match.get_op('sep_conv') is not None)
+
+
+def _is_second_layer_of_a_sum(match) -> bool:
+    """An Add of two layer outputs is the bias add of its first input's
+    layer only. Otherwise, once a rewrite quantized that layer (whose
+    weights then no longer match), a second rewrite would take the Add for
+    the other layer's bias add and quantize that layer too."""
+    add = match.get_op('bias_add')
+    if add is None or add.type == 'BiasAdd':
+        return False
+    layer_output = (match.get_op('batch_to_space') or
+                    match.get_op('layer')).outputs[0]
+    first = add.inputs[0].op
+    if first.type == 'BatchToSpaceND':
+        first = first.inputs[0].op
+    return (not graph_edit.same_tensor(add.inputs[0], layer_output)
+            and first.type in LAYER_TYPES)
 
 
 def _folded_output(match) -> Optional[tf.Operation]:
