@@ -175,10 +175,12 @@ def _exact_fold(graph, record: LayerRecord, names: _FoldNames,
     """
     bn = record.batch_norm
     stats = _statistics(graph, bn, training)
-    multiplier, bias = _multiplier_and_bias(graph, bn, stats, names)
+    multiplier, bias = _multiplier_and_bias(graph, bn, stats,
+                                            names.bn_fold_scope)
     corrections = None
     if training:
-        corrections = _corrections(graph, bn, stats, names, freeze_bn_delay)
+        corrections = _corrections(graph, bn, stats, names.bn_fold_scope,
+                                   freeze_bn_delay)
     weights = _folded_weights(graph, record, names, multiplier, corrections)
     output, layer, batch_to_space = _clone_layer(graph, record, weights,
                                                  names)
@@ -318,8 +320,6 @@ class _FoldNames:
             self.layer_scope = (context.rstrip('/')
                                 if found else record.scope)
             self.bn_fold_scope = self.layer_scope
-        self.correction_scope = graph_edit.join_scope(self.bn_fold_scope,
-                                                      'batch_norm_correction')
 
     def clone_name(self, op: tf.Operation) -> str:
         """`Conv2D_Fold` inside the layer scope; unfused BatchToSpaceND keep
@@ -378,15 +378,15 @@ def _elements_per_channel(x: tf.Tensor, channel_vector: tf.Tensor):
 
 
 def _multiplier_and_bias(graph, bn: BatchNormRecord, stats: _Statistics,
-                         names: _FoldNames):
-    """`gamma / sigma` and `beta - mean * gamma / sigma`.
+                         scope: str):
+    """`gamma / sigma` and `beta - mean * gamma / sigma`, built in `scope`.
 
     An unfused BN already computes both; they are reused unless a pre-BN
     bias changes the mean.
     """
     if bn.multiplier is not None and bn.pre_bias is None:
         return bn.multiplier, bn.bias
-    with graph_edit.absolute_name_scope(graph, names.bn_fold_scope):
+    with graph_edit.absolute_name_scope(graph, scope):
         multiplier = bn.multiplier
         if multiplier is None:
             multiplier = _scale(bn.gamma, stats.variance, bn.epsilon)
@@ -395,9 +395,12 @@ def _multiplier_and_bias(graph, bn: BatchNormRecord, stats: _Statistics,
 
 
 def _corrections(graph, bn: BatchNormRecord, stats: _Statistics,
-                 names: _FoldNames, freeze_bn_delay) -> _Corrections:
-    """The training-time correction factors (see the module docstring)."""
-    with graph_edit.absolute_name_scope(graph, names.correction_scope):
+                 fold_scope: str, freeze_bn_delay) -> _Corrections:
+    """The training-time correction factors (see the module docstring), in
+    `<fold_scope>/batch_norm_correction`."""
+    correction_scope = graph_edit.join_scope(fold_scope,
+                                             'batch_norm_correction')
+    with graph_edit.absolute_name_scope(graph, correction_scope):
         recip_sigma_mv = tf.math.rsqrt(stats.moving_variance + bn.epsilon)
         recip_sigma = tf.math.rsqrt(stats.variance + bn.epsilon)
         scale = tf.identity(tf.math.divide(recip_sigma_mv, recip_sigma,
@@ -570,11 +573,10 @@ def _fold_fused_batch_norm_grad(op, *grads):
     grad_mean, grad_var = grads[1], grads[2]
     n = _elements_per_channel(x, mean)
     # Per-channel factors first: only (x - mean) * a + b touches all of x.
-    zeros = tf.zeros_like(mean)
-    offset = grad_mean / n if grad_mean is not None else zeros
+    offset = grad_mean / n if grad_mean is not None else 0.0
     # One element per channel: the variance is 0 whatever x is.
     factor = (tf.math.divide_no_nan(2.0 * grad_var, n - 1.0)
-              if grad_var is not None else zeros)
+              if grad_var is not None else 0.0)
     grad_x = (x - mean) * factor + offset
     return [grad_x] + [None] * (len(op.inputs) - 1)
 
@@ -599,18 +601,6 @@ class ChannelTerms:
     correction: Optional[tf.Tensor] = None
 
 
-@dataclasses.dataclass(frozen=True)
-class _ChannelScopes:
-    """The scopes `_multiplier_and_bias` and `_corrections` read from a
-    `_FoldNames`, for a batch norm that no layer record holds."""
-    bn_fold_scope: str
-
-    @property
-    def correction_scope(self) -> str:
-        return graph_edit.join_scope(self.bn_fold_scope,
-                                     'batch_norm_correction')
-
-
 def channel_terms(graph: tf.Graph, bn: BatchNormRecord, is_training: bool,
                   freeze_bn_delay: Optional[int], scope: str) -> ChannelTerms:
     """Builds the per-channel terms of a batch norm folded forward.
@@ -632,11 +622,10 @@ def channel_terms(graph: tf.Graph, bn: BatchNormRecord, is_training: bool,
     """
     training = is_training and bn.is_training
     stats = _statistics(graph, bn, training)
-    scopes = _ChannelScopes(scope)
-    multiplier, bias = _multiplier_and_bias(graph, bn, stats, scopes)
+    multiplier, bias = _multiplier_and_bias(graph, bn, stats, scope)
     if not training:
         return ChannelTerms(scale=multiplier, offset=bias)
-    corrections = _corrections(graph, bn, stats, scopes, freeze_bn_delay)
+    corrections = _corrections(graph, bn, stats, scope, freeze_bn_delay)
     with graph_edit.absolute_name_scope(graph, scope):
         scale = _scale(bn.gamma, stats.moving_variance, bn.epsilon)
         offset = tf.add(bias, corrections.offset, name='offset')
