@@ -131,3 +131,34 @@ def test_one_conv_fold_is_idempotent(layer, freeze_bn_delay):
     assert second.affine == [] and second.float_ops == []
     after = built.graph.as_graph_def().SerializeToString(deterministic=True)
     assert before == after
+
+
+def test_one_conv_fold_refuses_a_run_time_epsilon_before_changing_anything():
+    graph = tf.Graph()
+    with graph.as_default():
+        x = v1.placeholder(tf.float32, [2, 4, 4, 3], name='input')
+        weights = gb.variable('test/weights',
+                              np.ones([3, 3, 3, 4], np.float32))
+        y = tf.nn.conv2d(x, weights, 1, 'SAME', name='test/Conv2D')
+        mean, variance = tf.nn.moments(y, [0, 1, 2])
+        for name, value, statistic in (('moving_mean', 0.0, mean),
+                                       ('moving_variance', 1.0, variance)):
+            moving = gb.variable('test/BatchNorm/' + name,
+                                 np.full(4, value, np.float32),
+                                 trainable=False)
+            gb.assign_moving_average(moving, statistic, 0.9,
+                                     'AssignMovingAvg_' + name)
+        epsilon = v1.placeholder_with_default(1e-3, [], name='epsilon')
+        output = tf.nn.batch_normalization(
+            y, mean, variance, gb.variable('beta', np.zeros(4, np.float32)),
+            gb.variable('gamma', np.ones(4, np.float32)), epsilon)
+        tf.nn.relu(output, name='test/Relu')
+    before = graph.as_graph_def().SerializeToString(deterministic=True)
+    with pytest.raises(tf1_quantize.UnsupportedGraphError,
+                       match="epsilon computed at run time.*epsilon:0"):
+        tf1_quantize.fold_batch_norms(graph, is_training=True,
+                                      one_conv_fold=True)
+    assert graph.as_graph_def().SerializeToString(deterministic=True) == before
+    # The default fold reads the epsilon tensor and folds the same graph.
+    report = tf1_quantize.fold_batch_norms(graph, is_training=True)
+    assert report.folded == ['test/Conv2D']

@@ -194,7 +194,8 @@ def _rewrite(input_graph, *, is_training, weight_bits=8, activation_bits=8,
     records = patterns.find_layers(graph)
     forward, standalone = _split_standalone(graph, records, quantize_layers)
     _check_graph(graph, records,
-                 [f.batch_norm for f in forward] + standalone, is_training)
+                 [f.batch_norm for f in forward] + standalone, is_training,
+                 bool(one_conv_fold))
     folded = [r.layer.name for r in records if r.batch_norm is not None]
     layers = [r.layer.name for r in records]
     with graph.as_default():
@@ -302,8 +303,8 @@ def _check_for_training_ops(graph: tf.Graph) -> None:
             sorted(found))
 
 
-def _check_graph(graph: tf.Graph, records, standalone,
-                 is_training: bool) -> None:
+def _check_graph(graph: tf.Graph, records, standalone, is_training: bool,
+                 one_conv_fold: bool) -> None:
     """Everything that could stop the rewrite half-way is checked here."""
     if graph.finalized:
         raise QuantizeError('The graph is finalized; rewrite it before '
@@ -313,7 +314,7 @@ def _check_graph(graph: tf.Graph, records, standalone,
         [r.layer for r in records] +
         [r.batch_norm.op for r in records if r.batch_norm is not None] +
         [bn.op for bn in standalone])
-    folding.validate(records, standalone, is_training)
+    folding.validate(records, standalone, is_training, one_conv_fold)
     computed = [(r.layer, r.weights) for r in records]
     computed += [(r.layer, r.layer.outputs[0]) for r in records]
     computed += [(bn.op, bn.input) for bn in standalone]

@@ -56,13 +56,15 @@ class _Corrections:
 
 
 def validate(records: List[LayerRecord],
-             standalone: List[BatchNormRecord], is_training: bool) -> None:
+             standalone: List[BatchNormRecord], is_training: bool,
+             one_conv: bool = False) -> None:
     """Checks that every batch norm can be rewritten correctly.
 
     Args:
         records: the layers found in the graph.
         standalone: the batch norms no layer folds (rewritten as affine ops).
         is_training: whether the training rewrite is requested.
+        one_conv: whether training folds take the one-convolution form.
 
     Raises:
         UnsupportedGraphError: naming the op that cannot be rewritten and why.
@@ -71,6 +73,8 @@ def validate(records: List[LayerRecord],
         if record.batch_norm is not None:
             _validate_layer(record)
             _validate_batch_norm(record.batch_norm, is_training)
+            if one_conv and is_training:
+                _validate_one_conv_epsilon(record.batch_norm)
     for bn in standalone:
         _validate_batch_norm(bn, is_training)
 
@@ -117,6 +121,18 @@ def _validate_batch_norm(bn: BatchNormRecord, is_training: bool) -> None:
             'and variance was found, so the training graph cannot be '
             'folded. Keep the update ops in the graph (UPDATE_OPS) or fold '
             'an inference-mode batch norm.' % name)
+
+
+def _validate_one_conv_epsilon(bn: BatchNormRecord) -> None:
+    """The one-convolution fold builds a FusedBatchNormV3, whose epsilon is
+    an attribute: an unfused batch norm's epsilon must be a constant."""
+    if bn.fused or not bn.is_training:
+        return
+    if tf.get_static_value(bn.epsilon) is None:
+        raise UnsupportedGraphError(
+            "Batch norm '%s' adds an epsilon computed at run time (%s); "
+            'one_conv_fold needs a constant epsilon. Use a constant or the '
+            'default two-convolution fold.' % (bn.op.name, bn.epsilon.name))
 
 
 def _is_nchw(op: tf.Operation) -> bool:
