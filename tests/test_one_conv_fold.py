@@ -80,21 +80,41 @@ def test_one_conv_fold_of_keras_layers_with_bias(layer):
     _assert_matches(expected, actual)
 
 
+def _executed_layers(sess, fetches, feed):
+    """Names of the layer ops whose kernels ran in one step."""
+    metadata = v1.RunMetadata()
+    sess.run(fetches, feed, run_metadata=metadata, options=v1.RunOptions(
+        trace_level=v1.RunOptions.FULL_TRACE))
+    layer_types = ('Conv2D', 'DepthwiseConv2dNative', 'MatMul')
+    return sorted({stats.node_name
+                   for device in metadata.step_stats.dev_stats
+                   for stats in device.node_stats
+                   if stats.timeline_label.split('(')[0].split(' = ')[-1]
+                   .lstrip('_Mkl').replace('Native', '') in layer_types})
+
+
 @pytest.mark.parametrize('spec', list(_specs())[:4], ids=lambda s: s.id)
 def test_one_conv_fold_runs_each_layer_once(spec):
-    _, graph, updates, head = _train(
-        spec, lambda g: tf1_quantize.experimental_create_training_graph(
-            g, quant_delay=5, one_conv_fold=True))
-    fetched = [head.op.name] + [getattr(u, 'op', u).name for u in updates]
-    live = v1.graph_util.extract_sub_graph(graph.as_graph_def(), fetched)
-    layer_types = ('Conv2D', 'DepthwiseConv2dNative', 'MatMul')
-    layers = [n.name for n in live.node if n.op in layer_types]
-    assert len(layers) == 1 and layers[0].endswith('_Fold')
-    # The original batch norm reads the original layer, which is not live;
-    # one fused batch norm normalizes the folded layer's unscaled output.
-    batch_norms = [n for n in live.node if n.op.startswith('FusedBatch')]
+    """One layer op runs per step, before the freeze (with the rescaled
+    weights, feeding the one batch norm) and after it."""
+    built = gb.build_contrib_layer(spec)
+    graph = built.graph
+    with graph.as_default():
+        tf1_quantize.experimental_create_training_graph(
+            graph, quant_delay=5, freeze_bn_delay=2, one_conv_fold=True)
+        fetches = [built.output] + built.update_ops
+        with v1.Session() as sess:
+            sess.run(v1.global_variables_initializer())
+            feed = built.feeds(1)[0]
+            before = _executed_layers(sess, fetches, feed)  # Step 1.
+            after = _executed_layers(sess, fetches, feed)
+    assert len(before) == 1 and len(after) == 1 and before != after
+    batch_layer = graph.get_operation_by_name(before[0])
+    assert batch_layer.inputs[1].op.name.endswith('unscaled_weights')
+    batch_norms = [op for op in graph.get_operations()
+                   if op.type == 'FusedBatchNormV3' and op.inputs[0].op.name
+                   in (before[0], before[0] + '_reshape')]
     assert len(batch_norms) == 1
-    assert batch_norms[0].input[0].split(':')[0].endswith('unscaled')
 
 
 def test_one_conv_fold_freezes_like_the_exact_fold():

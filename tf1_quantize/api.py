@@ -334,8 +334,8 @@ def _check_conditional_layers(graph: tf.Graph) -> None:
         if op.type not in patterns.LAYER_TYPES:
             continue
         for reader in _layer_readers(op):
-            if reader.type in _CONDITIONAL_TYPES and not any(
-                    scope in reader.name for scope in _OWN_CONDITIONALS):
+            if (reader.type in _CONDITIONAL_TYPES
+                    and not _is_own_conditional(reader.name)):
                 raise UnsupportedGraphError(
                     "Layer op '%s' feeds the conditional '%s' (%s), e.g. a "
                     'batch norm whose training flag is a tensor. Build the '
@@ -344,12 +344,17 @@ def _check_conditional_layers(graph: tf.Graph) -> None:
                     (op.name, reader.name, reader.type))
 
 
+def _is_own_conditional(name: str) -> bool:
+    return any(scope in name for scope in _OWN_CONDITIONALS)
+
+
 def _check_outside_control_flow(ops) -> None:
     """TF1 while loops and conds keep their ops in a control-flow context;
-    ops built outside it cannot read their outputs."""
+    ops built outside it cannot read their outputs. A one-convolution fold's
+    layer is inside the fold's own cond; nothing is added next to it."""
     for op in ops:
         context = op._get_control_flow_context()  # pylint: disable=protected-access
-        if context is not None:
+        if context is not None and not _is_own_conditional(context.name):
             raise UnsupportedGraphError(
                 "Op '%s' is inside a %s (TF1 control flow); the rewrite "
                 'cannot add ops to it. Build the layers outside while loops '

@@ -155,8 +155,8 @@ def fold(graph: tf.Graph, records: List[LayerRecord], is_training: bool,
         freeze_bn_delay: step from which the moving statistics are used, or
             None to keep batch statistics throughout training.
         one_conv: in training, take the batch statistics from the folded
-            layer's output instead of running the original layer too (see
-            `_one_conv_layer`).
+            layer instead of running the original layer too (see
+            `_one_conv_fold`).
     """
     for record in records:
         if record.batch_norm is not None:
@@ -230,21 +230,25 @@ def _one_conv_fold(graph, record: LayerRecord, names: _FoldNames,
     """The training fold with one convolution per layer (opt-in).
 
     contrib runs the original layer for the batch statistics and the folded
-    one for the output. Here the folded layer, with the weights
-    `w * s` (`s = gamma / sigma_mv`, what the exact fold feeds it too), runs
-    alone. Its output divided by `s` is `conv(x, w)` with quantized weights,
-    and a training-mode fused batch norm of that is the batch-statistics BN,
-    computed (forward and backward) by one fused kernel, as PyTorch's ConvBn
-    QAT modules do. Its batch statistics feed the moving-average updates, so
-    the original layer and batch norm no longer run. After the freeze the
-    output is `conv(x, w * s) + beta - mu_mv * s`, the moving-statistics BN.
+    one for the output. Here the folded weights `w * s` (`s = gamma /
+    sigma_mv`, what the exact fold quantizes too) are divided by `s` again
+    after the quantizer, and the layer runs once with them: per output
+    channel that is `conv(x, w)` with quantized weights, and a training-mode
+    fused batch norm of it is the batch-statistics BN, computed (forward and
+    backward) by one fused kernel, as PyTorch's ConvBn QAT modules do. The
+    division works on the weights, not on the layer's much larger output.
+    The BN's batch statistics feed the moving-average updates, so the
+    original layer and batch norm no longer run. After the freeze a v1 cond
+    runs the layer with `w * s` instead and adds `beta - mu_mv * s`, the
+    moving-statistics BN; only one of the two layer clones runs per step.
 
-    No gradient flows through `s`: without quantization `conv(x, w * s) / s`
-    does not depend on `s` at all, so its two paths cancel; with it, their
-    sum would be only the gradient of the weights' rounding error.
+    No gradient flows through `s`: without quantization `(w * s) / s` does
+    not depend on `s` at all, so its two paths cancel; with it, their sum
+    would be only the gradient of the weights' rounding error.
 
     Returns:
-        (folded weights, clone, BatchToSpaceND clone or None, output).
+        (folded weights, the batch-statistics clone, its BatchToSpaceND clone
+        or None, output).
     """
     bn = record.batch_norm
     with graph_edit.absolute_name_scope(graph, names.bn_fold_scope):
@@ -253,19 +257,22 @@ def _one_conv_fold(graph, record: LayerRecord, names: _FoldNames,
         multiplier = _per_output_channel(scale, record, 'scale_reshape')
     with graph_edit.absolute_name_scope(graph, names.layer_scope):
         weights = tf.multiply(record.weights, multiplier, name='mul_fold')
-    folded, layer, batch_to_space = _clone_layer(graph, record, weights,
-                                                 names)
     use_moving = _use_moving_average(graph, freeze_bn_delay)
     _freeze_moving_average(bn.mean_decay, use_moving, 'freeze_moving_mean')
     _freeze_moving_average(bn.variance_decay, use_moving, 'freeze_moving_var')
     moving_mean = _centred(graph, bn, bn.moving_mean, 'centred_moving_mean')
+    batch_clone = []
 
     def batch_statistics():
-        unscaled = tf.multiply(folded, tf.math.reciprocal(scale),
-                               name='unscaled')
-        return _normalize_with_batch_statistics(unscaled, bn)
+        unscaled = tf.raw_ops.RealDiv(x=weights, y=multiplier,
+                                      name='unscaled_weights')
+        output, layer, batch_to_space = _clone_layer(graph, record, unscaled,
+                                                     names)
+        batch_clone.extend((layer, batch_to_space))
+        return _normalize_with_batch_statistics(output, bn)
 
     def moving_statistics():
+        folded, _, _ = _clone_layer(graph, record, weights, names)
         bias = tf.subtract(bn.beta, moving_mean * scale, name='bias')
         return (tf.add(folded, bias, name='add_fold'), bn.moving_mean,
                 bn.moving_variance)
@@ -278,6 +285,7 @@ def _one_conv_fold(graph, record: LayerRecord, names: _FoldNames,
                        can_modify=[bn.mean_update])
     graph_edit.reroute(variance, bn.variance_update.inputs[1],
                        can_modify=[bn.variance_update])
+    layer, batch_to_space = batch_clone
     return weights, layer, batch_to_space, output
 
 

@@ -94,26 +94,41 @@ _folded_bias_add = P(ADD,
                      inputs=[_correction_add, '*'])
 
 
-def _one_conv_fold_patterns(layer_output):
-    """The one-convolution training fold after `layer_output`: the folded
-    layer's output, unscaled, normalized by a training-mode fused batch norm;
-    with a freeze, a v1 cond (Switch/Merge, batch-statistics branch first)
-    selects between that and the moving-statistics form.
+def _one_conv_fold_patterns(folded_weights):
+    """The one-convolution training fold (see folding.py): the folded weights
+    `folded_weights`, divided by the fold's scale again, feed a layer whose
+    output a training-mode fused batch norm normalizes; with a freeze, a v1
+    cond (Switch/Merge, batch-statistics branch first) selects between that
+    and the moving-statistics form.
 
     Returns:
         (the batch norm pattern, the pattern of the fold's last op).
     """
-    unscaled = P('Mul',
-                 inputs=[
-                     OneofPattern([
-                         P('Switch', inputs=[layer_output, '*']), layer_output
-                     ]), '*'
-                 ])
+    def maybe_switched(pattern):  # Inside the cond, inputs pass a Switch.
+        return OneofPattern([P('Switch', inputs=[pattern, '*']), pattern])
+
+    scale = P('StopGradient')
+    unscaled_weights = P(
+        'RealDiv',
+        name='unscaled_weights',
+        inputs=[
+            maybe_switched(folded_weights),
+            maybe_switched(
+                OneofPattern([P('Reshape', inputs=[scale, '*']), scale]))
+        ])
+    layer = P('|'.join(LAYER_TYPES),
+              name='layer',
+              inputs=['*', unscaled_weights])
+    layer_output = OneofPattern([
+        P('BatchToSpaceND', name='batch_to_space', inputs=[layer, '*', '*']),
+        layer
+    ])
     batch_norm = P('FusedBatchNormV3',
                    name='one_conv_bn',
                    inputs=[
                        OneofPattern(
-                           [P('Reshape', inputs=[unscaled, '*']), unscaled]),
+                           [P('Reshape', inputs=[layer_output, '*']),
+                            layer_output]),
                        '*', '*', '*', '*'
                    ])
     batch_output = OneofPattern([
@@ -126,7 +141,7 @@ def _one_conv_fold_patterns(layer_output):
     ])
 
 
-_, _one_conv_fold = _one_conv_fold_patterns(_layer_output)
+_, _one_conv_fold = _one_conv_fold_patterns(_folded_weight)
 _pre_activation = OneofPattern(
     [_bias_add, _folded_bias_add, _one_conv_fold, _batch_norm])
 _bn_identity = P('Identity', inputs=[_pre_activation])
@@ -177,12 +192,7 @@ _STANDALONE_BN_MATCHER = GraphMatcher(
     OneofPattern([_any_fused_bn, _any_unfused_bn]))
 
 # Also once the folded layer's weights are quantized.
-_ONE_CONV_BN_MATCHER = GraphMatcher(
-    _one_conv_fold_patterns(
-        OneofPattern([
-            P('BatchToSpaceND', inputs=[P('|'.join(LAYER_TYPES)), '*', '*']),
-            P('|'.join(LAYER_TYPES))
-        ]))[0])
+_ONE_CONV_BN_MATCHER = GraphMatcher(_one_conv_fold_patterns(P('*'))[0])
 
 _LAYER_MATCHERS = [
     GraphMatcher(p)
@@ -395,9 +405,12 @@ def _record_from_match(match) -> Optional[LayerRecord]:
     activation = match.get_op('activation')
     if match.get_op('sep_conv') is not None:
         activation = None
+    # A one-convolution fold's layer reads the folded weights rescaled.
+    folded_weight = match.get_op('folded_weight')
     return LayerRecord(
         layer=match.get_op('layer'),
-        weights=match.get_op('layer').inputs[1],
+        weights=(folded_weight.outputs[0] if folded_weight is not None else
+                 match.get_op('layer').inputs[1]),
         batch_to_space=match.get_op('batch_to_space'),
         batch_norm=batch_norm,
         bias_add=_folded_output(match),

@@ -97,9 +97,14 @@ def find_float_layers(graph: tf.Graph,
 
 
 def _quantized_earlier(op: tf.Operation) -> bool:
-    """A layer whose weights an earlier rewrite already fake-quantized."""
-    return (op.type in patterns.LAYER_TYPES and
-            quantize.is_fake_quant_output(op.inputs[1].op))
+    """A layer whose weights an earlier rewrite already fake-quantized (a
+    one-convolution fold's layers read them through a Switch or rescaled)."""
+    if op.type not in patterns.LAYER_TYPES:
+        return False
+    weights = op.inputs[1].op
+    while weights.type in ('Switch', 'RealDiv'):
+        weights = weights.inputs[0].op
+    return quantize.is_fake_quant_output(weights)
 
 
 def _float_reason(op: tf.Operation) -> str:
