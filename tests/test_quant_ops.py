@@ -193,6 +193,49 @@ def test_default_collection_is_global_only(plain_graph, kind):
         tf.compat.v1.GraphKeys.MOVING_AVERAGE_VARIABLES)
 
 
+def _quantize_batches(kind, activation, batches, **kwargs):
+    """Trains a quantizer of `activation(x)` on `batches`; returns the range
+    variables, the FakeQuant output and its input gradient after each."""
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, batches[0].shape)
+        q = QUANTIZERS[kind](activation(x), name_prefix='P', is_training=True,
+                             **kwargs)
+        gradient, = tf.compat.v1.gradients(q * q, x)
+        min_var, max_var = _variable(graph, 'P/min'), _variable(graph, 'P/max')
+        with tf.compat.v1.Session() as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            values = []
+            for batch in batches:
+                values += sess.run([q, gradient], {x: batch})
+                values += sess.run([min_var, max_var])
+    return values, [op.type for op in graph.get_operations()]
+
+
+@pytest.mark.parametrize('kind', sorted(QUANTIZERS))
+@pytest.mark.parametrize('activation', [tf.nn.relu, tf.nn.relu6])
+@pytest.mark.parametrize('symmetric, narrow_range, per_channel', [
+    (False, False, False), (True, False, False), (True, True, False),
+    (False, False, True), (True, True, True)])
+def test_relu_range_skips_the_minimum_with_the_same_numbers(
+        kind, activation, symmetric, narrow_range, per_channel):
+    """A Relu/Relu6 output is never negative, so its batch minimum is not
+    reduced; the ranges and outputs equal those of the general formulas
+    (the same values behind an Identity)."""
+    rng = np.random.RandomState(3)
+    batches = [rng.uniform(-2, 8, [4, 3, 5]).astype(np.float32)
+               for _ in range(3)]
+    batches.append(np.full([4, 3, 5], -1.0, np.float32))  # All zero.
+    kwargs = dict(symmetric=symmetric, narrow_range=narrow_range,
+                  per_channel=per_channel)
+    relu, relu_types = _quantize_batches(kind, activation, batches, **kwargs)
+    general, general_types = _quantize_batches(
+        kind, lambda x: tf.identity(activation(x)), batches, **kwargs)
+    assert 'Min' not in relu_types and 'Min' in general_types
+    for got, want in zip(relu, general):
+        np.testing.assert_array_equal(got, want)
+
+
 @pytest.mark.parametrize('kind', sorted(QUANTIZERS))
 def test_eval_builds_no_update_ops(graph, kind):
     x = tf.compat.v1.placeholder(tf.float32, [2, 3])

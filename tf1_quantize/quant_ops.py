@@ -29,6 +29,8 @@ _GLOBAL_VARIABLES = tf.compat.v1.GraphKeys.GLOBAL_VARIABLES
 _MIN_BITS = 2
 _MAX_BITS = 16
 _PER_CHANNEL_RANKS = (1, 2, 3, 4)
+# Ops whose outputs are never negative (for finite inputs).
+_NON_NEGATIVE_TYPES = ('Relu', 'Relu6')
 
 # (range variable, new batch range, 'Min' or 'Max') -> updated range tensor.
 _RangeUpdate = Callable[[tf.Variable, tf.Tensor, str], tf.Tensor]
@@ -296,14 +298,31 @@ def _batch_range(inputs: tf.Tensor,
     """
     # Per channel: reduce over every axis but the last (none for rank 1).
     axis = list(range(inputs.shape.rank - 1)) if per_channel else None
+    # Negative: maps a max to its min partner and a min to its max partner.
+    ratio = -1.0 if narrow_range else -(2**num_bits - 2) / 2**num_bits
+    if inputs.op.type in _NON_NEGATIVE_TYPES:
+        batch_max = tf.math.reduce_max(inputs, axis=axis, name='BatchMax')
+        return _non_negative_range(batch_max, symmetric, ratio)
     batch_min = tf.math.reduce_min(inputs, axis=axis, name='BatchMin')
     batch_max = tf.math.reduce_max(inputs, axis=axis, name='BatchMax')
     if not symmetric:
         return tf.math.minimum(batch_min, 0.0), tf.math.maximum(batch_max, 0.0)
-    # Negative: maps a max to its min partner and a min to its max partner.
-    ratio = -1.0 if narrow_range else -(2**num_bits - 2) / 2**num_bits
     return (tf.math.minimum(batch_min, batch_max / ratio),
             tf.math.maximum(batch_max, batch_min * ratio))
+
+
+def _non_negative_range(batch_max: tf.Tensor,
+                        symmetric: bool,
+                        ratio: float) -> Tuple[tf.Tensor, tf.Tensor]:
+    """`_batch_range` of a Relu/Relu6 output, without reducing its minimum.
+
+    With `0 <= batch_min <= batch_max`, the widened minimum is 0 (asymmetric)
+    or `batch_max / ratio` (symmetric), and the maximum is `batch_max`: the
+    values the general formulas give, saving a full pass over the tensor.
+    """
+    if not symmetric:
+        return tf.zeros(batch_max.shape, name='ZeroMin'), batch_max
+    return batch_max / ratio, batch_max
 
 
 def _fake_quant(inputs: tf.Tensor,
