@@ -67,6 +67,7 @@ if os.path.isdir(os.path.join(_ROOT, 'tf1_quantize')) and (
     sys.path.insert(0, _ROOT)
 
 import tf1_quantize  # noqa: E402
+from tf1_quantize import export  # noqa: E402
 
 v1 = tf.compat.v1
 
@@ -1095,11 +1096,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                   log=_log)
     print(format_report(results))
     if args.json:
-        directory = os.path.dirname(os.path.abspath(args.json))
-        os.makedirs(directory, exist_ok=True)
-        with open(args.json, 'w') as f:
-            json.dump(results, f, indent=2, sort_keys=True)
-        _log('Wrote %s' % args.json)
+        path = export.write_atomic(
+            args.json, json.dumps(results, indent=2, sort_keys=True).encode())
+        _log('Wrote %s' % path)
     return results
 
 
