@@ -137,7 +137,7 @@ def test_step_measurements(quick_results):
 def test_targets_are_reported(quick_results):
     _, results = quick_results
     names = [t['name'] for t in results['targets']]
-    assert len(names) == 6, names
+    assert len(names) == 8, names
     for target in results['targets']:
         assert _positive(target['value']) and target['met'] in (True, False)
 

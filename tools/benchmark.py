@@ -76,6 +76,9 @@ TARGET_PER_OP_COST_RATIO = 1.2   # rewrite cost per op / build cost per op
 TARGET_QAT_STEP_RATIO = 2.0      # QAT training step / float step, model A
 TARGET_ONE_CONV_STEP_RATIO = 1.3  # the same with one_conv_fold=True
 TARGET_EVAL_INFERENCE_RATIO = 1.2  # fake-quant inference / float inference
+# Deep / shallow rewrite time, per unit of their layer ratio: the issue's
+# 3.2 for ResNet-152 / ResNet-50, whose conv-layer ratio is 2.9.
+TARGET_REWRITE_SCALING_PER_LAYER = 3.2 / 2.9
 
 LAYER_OP_TYPES = ('Conv2D', 'DepthwiseConv2dNative', 'MatMul')
 BN_EPSILON = 1e-3
@@ -856,11 +859,15 @@ def evaluate_targets(results: dict) -> List[dict]:
 
     rewrite = results.get('rewrite')
     if rewrite:
-        deep = rewrite['scaling']['deep']
+        scaling = rewrite['scaling']
+        deep, shallow = scaling['deep'], scaling['shallow']
         for mode in _REWRITES:
             add('%s %s rewrite cost/op over build cost/op' % (deep, mode),
                 rewrite['graphs'][deep][mode]['per_op_cost_ratio'],
                 TARGET_PER_OP_COST_RATIO)
+            add('%s / %s %s rewrite time' % (deep, shallow, mode),
+                scaling['%s_rewrite_s' % mode],
+                round(TARGET_REWRITE_SCALING_PER_LAYER * scaling['layers'], 2))
     step = results.get('step')
     if step:
         if 'model_a' in step:
