@@ -823,7 +823,7 @@ def default_config() -> Config:
             ModelSpec('mobilenet_v2', 'mobilenet_v2', 96, batch=8,
                       classes=10),
         ),
-        steps={'model_a': (100, 10), 'mobilenet_v2': (30, 5)})
+        steps={'model_a': (300, 30), 'mobilenet_v2': (30, 5)})
 
 
 def quick_config() -> Config:
