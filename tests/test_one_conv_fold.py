@@ -80,23 +80,35 @@ def test_one_conv_fold_of_keras_layers_with_bias(layer):
     _assert_matches(expected, actual)
 
 
-def _executed_layers(sess, fetches, feed):
-    """Names of the layer ops whose kernels ran in one step."""
+LAYER_TYPES = ('Conv2D', 'DepthwiseConv2dNative', 'MatMul')
+
+
+def _executed_ops(sess, fetches, feed):
+    """The layer ops and the fused batch norms whose kernels ran in one
+    step."""
     metadata = v1.RunMetadata()
     sess.run(fetches, feed, run_metadata=metadata, options=v1.RunOptions(
         trace_level=v1.RunOptions.FULL_TRACE))
-    layer_types = ('Conv2D', 'DepthwiseConv2dNative', 'MatMul')
-    return sorted({stats.node_name
-                   for device in metadata.step_stats.dev_stats
-                   for stats in device.node_stats
-                   if stats.timeline_label.split('(')[0].split(' = ')[-1]
-                   .lstrip('_Mkl').replace('Native', '') in layer_types})
+    executed = {stats.node_name
+                for device in metadata.step_stats.dev_stats
+                for stats in device.node_stats}
+    ops = [op for op in sess.graph.get_operations() if op.name in executed]
+    return ([op for op in ops if op.type in LAYER_TYPES],
+            [op for op in ops if op.type.startswith('FusedBatchNorm')])
 
 
-@pytest.mark.parametrize('spec', list(_specs())[:4], ids=lambda s: s.id)
+def _producer_through_reshapes(tensor):
+    op = tensor.op
+    while op.type in ('Reshape', 'BatchToSpaceND'):
+        op = op.inputs[0].op
+    return op
+
+
+@pytest.mark.parametrize('spec', list(_specs()), ids=lambda s: s.id)
 def test_one_conv_fold_runs_each_layer_once(spec):
-    """One layer op runs per step, before the freeze (with the rescaled
-    weights, feeding the one batch norm) and after it."""
+    """One layer op runs per step. Before the freeze it reads the rescaled
+    weights and the one batch norm that runs normalizes its output; after the
+    freeze the other clone runs and no batch norm does."""
     built = gb.build_contrib_layer(spec)
     graph = built.graph
     with graph.as_default():
@@ -106,19 +118,21 @@ def test_one_conv_fold_runs_each_layer_once(spec):
         with v1.Session() as sess:
             sess.run(v1.global_variables_initializer())
             feed = built.feeds(1)[0]
-            before = _executed_layers(sess, fetches, feed)  # Step 1.
-            after = _executed_layers(sess, fetches, feed)
-    assert len(before) == 1 and len(after) == 1 and before != after
-    batch_layer = graph.get_operation_by_name(before[0])
-    assert batch_layer.inputs[1].op.name.endswith('unscaled_weights')
-    batch_norms = [op for op in graph.get_operations()
-                   if op.type == 'FusedBatchNormV3' and op.inputs[0].op.name
-                   in (before[0], before[0] + '_reshape')]
-    assert len(batch_norms) == 1
+            before = _executed_ops(sess, fetches, feed)  # Step 1.
+            after = _executed_ops(sess, fetches, feed)
+    (batch_layers, batch_norms), (frozen_layers, frozen_norms) = before, after
+    assert len(batch_layers) == 1 and len(frozen_layers) == 1
+    assert batch_layers != frozen_layers
+    assert batch_layers[0].inputs[1].op.name.endswith('unscaled_weights')
+    assert len(batch_norms) == 1 and not frozen_norms
+    assert _producer_through_reshapes(
+        batch_norms[0].inputs[0]) is batch_layers[0]
 
 
-def test_one_conv_fold_freezes_like_the_exact_fold():
-    spec = gb.LayerSpec(layer='conv', bn='fused', activation='relu')
+@pytest.mark.parametrize('layer', ['conv', 'depthwise', 'fc', 'atrous'])
+@pytest.mark.parametrize('bn', ['fused', 'unfused'])
+def test_one_conv_fold_freezes_like_the_exact_fold(layer, bn):
+    spec = gb.LayerSpec(layer=layer, bn=bn, activation='relu')
     outputs = []
     for one_conv in (False, True):
         built = gb.build_contrib_layer(spec)
