@@ -1103,8 +1103,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                   log=_log)
     print(format_report(results))
     if args.json:
+        # Under `bazel run` the working directory is the runfiles tree.
+        base = os.environ.get('BUILD_WORKING_DIRECTORY', os.getcwd())
         path = export.write_atomic(
-            args.json, json.dumps(results, indent=2, sort_keys=True).encode())
+            os.path.join(base, args.json),
+            json.dumps(results, indent=2, sort_keys=True).encode())
         _log('Wrote %s' % path)
     return results
 
