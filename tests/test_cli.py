@@ -1,5 +1,7 @@
 """The command line: rewrite, report, export; bad files exit 2 cleanly."""
 
+import os
+
 import pytest
 import tensorflow as tf
 
@@ -132,3 +134,23 @@ def test_unwritable_output_location_exits_2(files, capsys):
     assert blocker.read_bytes() == b''
     assert [p.name for p in files['dir'].iterdir()
             if p.name.startswith('.')] == []
+
+
+@pytest.mark.parametrize('bazel_dir, caller_dir, expected', [
+    ('bazel', None, 'bazel'),  # plain `bazel run`
+    ('bazel', 'caller', 'caller'),  # tools/bazel run from outside
+    (None, 'caller', 'start'),  # not under `bazel run`: nothing changes
+])
+def test_enter_caller_directory(tmp_path, monkeypatch, bazel_dir, caller_dir,
+                                expected):
+    for name in ('start', 'bazel', 'caller'):
+        (tmp_path / name).mkdir()
+    monkeypatch.chdir(tmp_path / 'start')
+    for variable, value in (('BUILD_WORKING_DIRECTORY', bazel_dir),
+                            ('TF1Q_CALLER_DIRECTORY', caller_dir)):
+        if value is None:
+            monkeypatch.delenv(variable, raising=False)
+        else:
+            monkeypatch.setenv(variable, str(tmp_path / value))
+    cli.enter_caller_directory()
+    assert os.getcwd() == os.path.realpath(tmp_path / expected)

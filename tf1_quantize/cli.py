@@ -17,6 +17,7 @@ status 2; inputs are never modified and outputs are written atomically.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import List, Optional
 
@@ -34,6 +35,20 @@ _EXIT_ERROR = 2
 
 class CliError(Exception):
     """A problem with the command's inputs, reported in one line."""
+
+
+def enter_caller_directory() -> None:
+    """Makes relative paths on a `bazel run` command line mean what they say.
+
+    `bazel run` starts a program in its runfiles tree and keeps the directory
+    Bazel was started from in `BUILD_WORKING_DIRECTORY`; `tools/bazel`, which
+    starts Bazel in the workspace when called from outside it, keeps its own
+    caller's directory in `TF1Q_CALLER_DIRECTORY`. This changes to that
+    directory. Outside `bazel run` it does nothing.
+    """
+    started_in = os.environ.get('BUILD_WORKING_DIRECTORY')
+    if started_in:
+        os.chdir(os.environ.get('TF1Q_CALLER_DIRECTORY') or started_in)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

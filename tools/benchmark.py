@@ -67,6 +67,7 @@ if os.path.isdir(os.path.join(_ROOT, 'tf1_quantize')) and (
     sys.path.insert(0, _ROOT)
 
 import tf1_quantize  # noqa: E402
+from tf1_quantize import cli  # noqa: E402
 from tf1_quantize import export  # noqa: E402
 
 v1 = tf.compat.v1
@@ -1103,14 +1104,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                   log=_log)
     print(format_report(results))
     if args.json:
-        # Under `bazel run` the working directory is the runfiles tree.
-        base = os.environ.get('BUILD_WORKING_DIRECTORY', os.getcwd())
         path = export.write_atomic(
-            os.path.join(base, args.json),
-            json.dumps(results, indent=2, sort_keys=True).encode())
+            args.json, json.dumps(results, indent=2, sort_keys=True).encode())
         _log('Wrote %s' % path)
     return results
 
 
 if __name__ == '__main__':
+    cli.enter_caller_directory()
     main()

@@ -45,6 +45,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import tf1_quantize  # noqa: E402
+from tf1_quantize import cli  # noqa: E402
 from tf1_quantize import export  # noqa: E402
 
 v1 = tf.compat.v1
@@ -593,9 +594,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
 def _resolve_out(path: Optional[str]) -> str:
     if path is None:
         return _default_out_dir()
-    # Under `bazel run` the working directory is the runfiles tree.
-    base = os.environ.get('BUILD_WORKING_DIRECTORY', os.getcwd())
-    return os.path.join(base, os.path.expanduser(path))
+    return os.path.abspath(os.path.expanduser(path))
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -627,4 +626,5 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == '__main__':
+    cli.enter_caller_directory()
     sys.exit(main())

@@ -5,4 +5,5 @@ import sys
 from tf1_quantize import cli
 
 if __name__ == '__main__':
+    cli.enter_caller_directory()
     sys.exit(cli.main())
