@@ -14,11 +14,13 @@ from tf1_quantize import export
 MODEL_A_FILES = ('model_a_asymmetric_uint8.tflite',
                  'model_a_symmetric_int8.tflite',
                  'model_a_symmetric_uint8.tflite',
-                 'model_a_per-channel_int8.tflite')
+                 'model_a_per-channel_int8.tflite',
+                 'model_a_one-conv_int8.tflite')
 MODEL_B_FILES = ('model_b_asymmetric_uint8.tflite',
                  'model_b_symmetric_int8.tflite',
                  'model_b_symmetric_uint8.tflite',
-                 'model_b_per-channel_int8.tflite')
+                 'model_b_per-channel_int8.tflite',
+                 'model_b_one-conv_int8.tflite')
 
 
 def _demo_path():
@@ -52,16 +54,16 @@ def test_prints_progress_and_table(demo_run):
     table = stdout[stdout.index('== Results'):]
     # Columns are separated by at least two spaces.
     lines = [re.split(r'\s{2,}', line.strip())
-             for line in table.splitlines()[1:12]]
+             for line in table.splitlines()[1:14]]
     header, rows = lines[0], lines[1:]
     assert header[:5] == ['model', 'variant', 'float%', 'fakeq%', 'tflite%']
     assert [tuple(r[:2]) for r in rows] == [
         ('A', 'uint8 (asymmetric QAT)'), ('A', 'int8 (asymmetric QAT)'),
         ('A', 'int8 (symmetric QAT)'), ('A', 'uint8 (symmetric QAT)'),
-        ('A', 'int8 (per-channel QAT)'),
+        ('A', 'int8 (per-channel QAT)'), ('A', 'int8 (one-conv QAT)'),
         ('B', 'uint8 (asymmetric QAT)'), ('B', 'int8 (asymmetric QAT)'),
         ('B', 'int8 (symmetric QAT)'), ('B', 'uint8 (symmetric QAT)'),
-        ('B', 'int8 (per-channel QAT)')]
+        ('B', 'int8 (per-channel QAT)'), ('B', 'int8 (one-conv QAT)')]
     for row in rows:
         assert 0.0 <= float(row[2]) <= 100.0  # float accuracy
         assert 0.0 <= float(row[3]) <= 100.0  # fake-quant accuracy
@@ -69,7 +71,7 @@ def test_prints_progress_and_table(demo_run):
     assert rows[1][4] == '-'
     assert 'AsymmetricWeightsError' in rows[1][-1]
     # Model A converts to integer-only models: no float ops.
-    assert [rows[i][9] for i in (0, 2, 3, 4)] == ['0', '0', '0', '0']
+    assert [rows[i][9] for i in (0, 2, 3, 4, 5)] == ['0'] * 5
     assert 'time per phase' in table
 
 

@@ -224,6 +224,7 @@ class QatVariant:
     symmetric: bool
     inference_types: Tuple[tf.dtypes.DType, ...]
     per_channel: bool = False
+    one_conv: bool = False
 
 
 VARIANTS = (
@@ -234,6 +235,9 @@ VARIANTS = (
     # Beyond contrib: one symmetric range per output channel (TFLite's int8
     # per-channel convolutions).
     QatVariant('per-channel', True, (tf.int8,), per_channel=True),
+    # Beyond contrib: training folds that run each layer once (the eval
+    # graph and its export are the same as for 'symmetric').
+    QatVariant('one-conv', True, (tf.int8,), one_conv=True),
 )
 
 
@@ -478,7 +482,8 @@ def _qat_rewrites(variant: QatVariant, settings: Settings):
             graph, symmetric=variant.symmetric,
             quant_delay=settings.quant_delay,
             freeze_bn_delay=settings.freeze_bn_delay,
-            per_channel_weights=variant.per_channel)
+            per_channel_weights=variant.per_channel,
+            one_conv_fold=variant.one_conv)
 
     def evaluation(graph: tf.Graph) -> None:
         if variant.symmetric:
