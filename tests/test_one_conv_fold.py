@@ -167,6 +167,37 @@ def test_one_conv_fold_is_idempotent(layer, freeze_bn_delay):
     assert before == after
 
 
+@pytest.mark.parametrize('layer', ['conv', 'depthwise', 'fc', 'atrous'])
+@pytest.mark.parametrize('freeze_bn_delay', [None, 2])
+def test_fold_then_quantize_equals_one_rewrite(layer, freeze_bn_delay):
+    """Folding first and quantizing afterwards quantizes the folded weights
+    that every layer clone reads, leaves nothing float, and makes the clones
+    a single rewrite makes."""
+    graphs = []
+    for separate_fold in (False, True):
+        built = gb.build_contrib_layer(gb.LayerSpec(layer=layer))
+        if separate_fold:
+            tf1_quantize.fold_batch_norms(
+                built.graph, is_training=True,
+                freeze_bn_delay=freeze_bn_delay, one_conv_fold=True)
+        tf1_quantize.experimental_create_training_graph(
+            built.graph, freeze_bn_delay=freeze_bn_delay, one_conv_fold=True)
+        report = tf1_quantize.last_report(built.graph)
+        assert report.float_ops == [] and len(report.fake_quants) == 2
+        graphs.append(built.graph)
+    clones = [[op for op in graph.get_operations()
+               if op.type in LAYER_TYPES and op.name.endswith(('_Fold',
+                                                               '_Fold_1'))]
+              for graph in graphs]
+    assert len(clones[1]) == (1 if freeze_bn_delay is None else 2)
+    for clone in clones[1]:
+        weights = clone.inputs[1].op
+        while weights.type in ('Switch', 'RealDiv'):
+            weights = weights.inputs[0].op
+        assert weights.type == 'FakeQuantWithMinMaxVars'
+    assert ([op.name for op in clones[0]] == [op.name for op in clones[1]])
+
+
 def test_one_conv_fold_refuses_a_run_time_epsilon_before_changing_anything():
     graph = tf.Graph()
     with graph.as_default():
