@@ -132,21 +132,28 @@ def test_one_conv_fold_runs_each_layer_once(spec):
 @pytest.mark.parametrize('layer', ['conv', 'depthwise', 'fc', 'atrous'])
 @pytest.mark.parametrize('bn', ['fused', 'unfused'])
 def test_one_conv_fold_freezes_like_the_exact_fold(layer, bn):
+    """Outputs and gradients (input, weights, gamma, beta) at each step,
+    before the freeze and after it, then the moving statistics."""
     spec = gb.LayerSpec(layer=layer, bn=bn, activation='relu')
-    outputs = []
+    results = []
     for one_conv in (False, True):
         built = gb.build_contrib_layer(spec)
-        tf1_quantize.fold_batch_norms(built.graph, is_training=True,
+        head = gb.add_head(built)
+        graph = built.graph
+        tf1_quantize.fold_batch_norms(graph, is_training=True,
                                       freeze_bn_delay=2,
                                       one_conv_fold=one_conv)
-        with built.graph.as_default(), v1.Session() as sess:
+        with graph.as_default(), v1.Session() as sess:
+            grads = v1.gradients(tf.reduce_sum(head), [
+                built.inputs, built.weights, built.gamma, built.beta])
             sess.run(v1.global_variables_initializer())
-            step_outputs = [sess.run([built.output] + built.update_ops,
-                                     feed)[0] for feed in built.feeds(3)]
-            outputs.append(step_outputs +
-                           sess.run([built.moving_mean,
-                                     built.moving_variance]))
-    _assert_matches(outputs[0], outputs[1])
+            values = []
+            for feed in built.feeds(3):
+                values += sess.run([head] + grads + built.update_ops,
+                                   feed)[:1 + len(grads)]
+            results.append(values + sess.run([built.moving_mean,
+                                              built.moving_variance]))
+    _assert_matches(results[0], results[1])
 
 
 @pytest.mark.parametrize('layer', ['conv', 'fc'])

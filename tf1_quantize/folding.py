@@ -242,9 +242,10 @@ def _one_conv_fold(graph, record: LayerRecord, names: _FoldNames,
     runs the layer with `w * s` instead and adds `beta - mu_mv * s`, the
     moving-statistics BN; only one of the two layer clones runs per step.
 
-    No gradient flows through `s`: without quantization `(w * s) / s` does
-    not depend on `s` at all, so its two paths cancel; with it, their sum
-    would be only the gradient of the weights' rounding error.
+    Gradients flow through `s` (as in PyTorch): before the freeze its two
+    paths, `w * s` and the division, cancel up to the gradient of the
+    weights' rounding error; after it they give gamma the gradient of the
+    moving-statistics BN.
 
     Returns:
         (folded weights, the batch-statistics clone, its BatchToSpaceND clone
@@ -252,7 +253,7 @@ def _one_conv_fold(graph, record: LayerRecord, names: _FoldNames,
     """
     bn = record.batch_norm
     with graph_edit.absolute_name_scope(graph, names.bn_fold_scope):
-        scale = tf.stop_gradient(
+        scale = tf.identity(
             _scale(bn.gamma, bn.moving_variance, bn.epsilon), name='scale')
         multiplier = _per_output_channel(scale, record, 'scale_reshape')
     with graph_edit.absolute_name_scope(graph, names.layer_scope):
