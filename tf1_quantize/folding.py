@@ -242,10 +242,11 @@ def _one_conv_fold(graph, record: LayerRecord, names: _FoldNames,
     runs the layer with `w * s` instead and adds `beta - mu_mv * s`, the
     moving-statistics BN; only one of the two layer clones runs per step.
 
-    Gradients flow through `s` (as in PyTorch): before the freeze its two
-    paths, `w * s` and the division, cancel up to the gradient of the
-    weights' rounding error; after it they give gamma the gradient of the
-    moving-statistics BN.
+    Before the freeze `s` reaches the output only as `(w * s) / s`, whose
+    gradient w.r.t. `s` is 0 up to the weights' rounding error, so without a
+    freeze no gradient flows through `s` (nothing to compute). With a freeze
+    it flows, as in PyTorch: after the freeze it gives gamma the gradient of
+    the moving-statistics BN.
 
     Returns:
         (folded weights, the batch-statistics clone, its BatchToSpaceND clone
@@ -253,8 +254,10 @@ def _one_conv_fold(graph, record: LayerRecord, names: _FoldNames,
     """
     bn = record.batch_norm
     with graph_edit.absolute_name_scope(graph, names.bn_fold_scope):
-        scale = tf.identity(
-            _scale(bn.gamma, bn.moving_variance, bn.epsilon), name='scale')
+        scale = _scale(bn.gamma, bn.moving_variance, bn.epsilon)
+        scale = (tf.stop_gradient(scale, name='scale')
+                 if freeze_bn_delay is None else
+                 tf.identity(scale, name='scale'))
         multiplier = _per_output_channel(scale, record, 'scale_reshape')
     with graph_edit.absolute_name_scope(graph, names.layer_scope):
         weights = tf.multiply(record.weights, multiplier, name='mul_fold')

@@ -107,7 +107,7 @@ def _one_conv_fold_patterns(folded_weights):
     def maybe_switched(pattern):  # Inside the cond, inputs pass a Switch.
         return OneofPattern([P('Switch', inputs=[pattern, '*']), pattern])
 
-    scale = P('Identity')
+    scale = P('StopGradient|Identity')
     unscaled_weights = P(
         'RealDiv',
         name='unscaled_weights',
