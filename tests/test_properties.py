@@ -753,3 +753,28 @@ def test_a_layer_added_to_another_layer_is_rewritten_once():
     check_second_rewrite_is_noop(
         desc, gen._call('create_training_graph', quant_delay=0),
         bn_training=True)
+
+
+def test_one_conv_fold_after_a_bare_layer_rewrites_twice():
+    """Found by the soak (seed 20261129): a one-conv fold with a freeze
+    whose layer reads another layer's raw output (no activation, outside the
+    quantized scope). The fold's cond puts a Switch on that output; the
+    second rewrite must recognise it as the fold's own and change nothing.
+    Property 4."""
+    desc = gen.GraphDesc((2, 3, 7, 2), (
+        gen.Pool(0, 'max', 2, 2),
+        gen.Pool(1, 'avg', 2, 1),
+        gen.Add(1, 2),
+        gen.Reshape(3, kind='flatten'),
+        gen.Layer(4, 'fc', 16, kernel=1, activation='leaky_relu', bypass=4),
+        gen.Layer(5, 'fc', 16, kernel=1, share=4),
+        gen.Layer(6, 'fc', 16, kernel=1, bn='fused', bn_scale=False,
+                  activation='relu', bypass=6, share=4),
+    ), resource=False, seed=132)
+    check_second_rewrite_is_noop(
+        desc, gen._call('experimental_create_training_graph',
+                        activation_bits=16, freeze_bn_delay=3,
+                        one_conv_fold=True, per_channel_weights=True,
+                        quant_delay=3, scope='L1/', symmetric=False,
+                        weight_bits=13),
+        bn_training=True)

@@ -267,16 +267,22 @@ def _one_conv_fold(graph, record: LayerRecord, names: _FoldNames,
     moving_mean = _centred(graph, bn, bn.moving_mean, 'centred_moving_mean')
     batch_clone = []
 
+    def clone_layer(layer_weights):
+        # Read here, in the cond's name scope, the input gets a Switch named
+        # as the fold's own (the clone is named in the layer's scope), which
+        # a second rewrite recognises.
+        layer_input = tf.identity(record.layer.inputs[0], name='layer_input')
+        return _clone_layer(graph, record, layer_weights, names, layer_input)
+
     def batch_statistics():
         unscaled = tf.raw_ops.RealDiv(x=weights, y=multiplier,
                                       name='unscaled_weights')
-        output, layer, batch_to_space = _clone_layer(graph, record, unscaled,
-                                                     names)
+        output, layer, batch_to_space = clone_layer(unscaled)
         batch_clone.extend((layer, batch_to_space))
         return _normalize_with_batch_statistics(output, bn)
 
     def moving_statistics():
-        folded, _, _ = _clone_layer(graph, record, weights, names)
+        folded, _, _ = clone_layer(weights)
         bias = tf.subtract(bn.beta, moving_mean * scale, name='bias')
         return (tf.add(folded, bias, name='add_fold'), bn.moving_mean,
                 bn.moving_variance)
@@ -493,14 +499,17 @@ def _per_output_channel(vector: tf.Tensor, record: LayerRecord,
 
 
 def _clone_layer(graph, record: LayerRecord, weights: tf.Tensor,
-                 names: _FoldNames):
-    """Copies the layer op (all its attributes) to read the folded weights.
+                 names: _FoldNames, layer_input: Optional[tf.Tensor] = None):
+    """Copies the layer op (all its attributes) to read the folded weights
+    (and `layer_input`, if given, instead of the layer's input).
 
     Returns:
         (output tensor, clone op, BatchToSpaceND clone or None).
     """
     layer = record.layer
-    clone = _copy_op(graph, layer, [layer.inputs[0], weights],
+    if layer_input is None:
+        layer_input = layer.inputs[0]
+    clone = _copy_op(graph, layer, [layer_input, weights],
                      names.clone_name(layer))
     if record.batch_to_space is None:
         return clone.outputs[0], clone, None
