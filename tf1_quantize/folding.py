@@ -268,10 +268,13 @@ def _one_conv_fold(graph, record: LayerRecord, names: _FoldNames,
     batch_clone = []
 
     def clone_layer(layer_weights):
-        # Read here, in the cond's name scope, the input gets a Switch named
-        # as the fold's own (the clone is named in the layer's scope), which
-        # a second rewrite recognises.
-        layer_input = tf.identity(record.layer.inputs[0], name='layer_input')
+        layer_input = None
+        if not isinstance(use_moving, bool):
+            # Read here, in the cond's name scope, the input gets a Switch
+            # named as the fold's own (the clone is named in the layer's
+            # scope), which a second rewrite recognises.
+            layer_input = tf.identity(record.layer.inputs[0],
+                                      name='layer_input')
         return _clone_layer(graph, record, layer_weights, names, layer_input)
 
     def batch_statistics():
