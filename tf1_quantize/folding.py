@@ -269,7 +269,7 @@ def _one_conv_fold(graph, record: LayerRecord, names: _FoldNames,
 
     def clone_layer(layer_weights):
         layer_input = None
-        if not isinstance(use_moving, bool):
+        if freeze_bn_delay is not None:  # Then the clones are in a cond.
             # Read here, in the cond's name scope, the input gets a Switch
             # named as the fold's own (the clone is named in the layer's
             # scope), which a second rewrite recognises.
