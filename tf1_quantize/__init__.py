@@ -12,6 +12,7 @@ from tf1_quantize.api import experimental_create_eval_graph
 from tf1_quantize.api import experimental_create_training_graph
 from tf1_quantize.api import fold_batch_norms
 from tf1_quantize.api import last_report
+from tf1_quantize.contrib_alias import install_as_contrib
 from tf1_quantize.errors import QuantizeError
 from tf1_quantize.errors import UnsupportedGraphError
 
@@ -21,6 +22,7 @@ __all__ = [
     'experimental_create_eval_graph',
     'experimental_create_training_graph',
     'fold_batch_norms',
+    'install_as_contrib',
     'last_report',
     'QuantizeError',
     'UnsupportedGraphError',
