@@ -1,0 +1,386 @@
+"""Parity: how closely a TFLite model follows the fake-quant graph.
+
+Both run on the same inputs, batch by batch (sample by sample for a model
+whose batch size is fixed at 1). The output is compared value by value in
+output LSBs and, per position (the last axis holds the classes: one
+position per sample for a classifier, one per pixel for a segmentation
+head), by argmax. With `per_layer`, every quantized activation present in
+both models is compared too, in LSBs of that tensor, which shows where in
+a deep net the output's differences come from.
+"""
+
+import contextlib
+import dataclasses
+import io
+from typing import Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import tensorflow as tf
+
+from tf1_quantize.export import files
+from tf1_quantize.export import interpreter as interpreter_lib
+from tf1_quantize.export import names
+from tf1_quantize.export import ranges as ranges_lib
+
+Reference = Union[tf.compat.v1.GraphDef, tf.compat.v1.Session]
+# Absorbs float rounding of values on the same grid.
+_ONE_LSB = 1.0 + 1e-3
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerParity:
+    """One quantized activation: TFLite tensor against FakeQuant output.
+
+    Attributes:
+        name: the FakeQuant op in the graph.
+        tflite_name: the TFLite tensor compared with it.
+        max_lsb: largest |tflite - reference|, in steps of the tensor.
+        within_one_lsb: share of values at most one step apart.
+    """
+    name: str
+    tflite_name: str
+    max_lsb: float
+    within_one_lsb: float
+
+
+@dataclasses.dataclass(frozen=True)
+class ParityReport:
+    """How closely a TFLite model follows the fake-quant graph.
+
+    The step-based fields are None when the model output is float and not
+    the result of a DEQUANTIZE (a mixed model whose last op is float).
+
+    Argmax is taken over the last axis, per position. A position agrees
+    when the class TFLite picks is, in the reference, within one output
+    step of the reference's top value: integer outputs tie often, and
+    values one step apart are as close as the two arithmetics can be.
+    `exact_argmax_agreement` asks for the same index (lowest index on ties,
+    in both models, on the output grid).
+
+    Attributes:
+        num_samples: number of input samples compared.
+        argmax_agreement: share of positions whose argmax agree (above).
+        max_abs_diff: largest |tflite - reference|.
+        max_diff_lsb: largest |tflite - reference|, in output steps.
+        mean_diff_lsb: mean |tflite - reference|, in output steps.
+        within_one_lsb: share of output values at most one step apart.
+        output_scale: the model output's quantization step (one LSB).
+        argmax_positions: number of positions compared (samples times the
+            positions of one output).
+        exact_argmax_agreement: share of positions with the same argmax.
+        layers: per-layer parity, in graph order (empty unless asked for).
+    """
+    num_samples: int
+    argmax_agreement: float
+    max_abs_diff: float
+    max_diff_lsb: Optional[float]
+    mean_diff_lsb: Optional[float]
+    within_one_lsb: Optional[float]
+    output_scale: Optional[float]
+    argmax_positions: int = 0
+    exact_argmax_agreement: float = 0.0
+    layers: Tuple[LayerParity, ...] = ()
+
+    def __str__(self) -> str:
+        text = (f'argmax agreement {100 * self.argmax_agreement:.2f}% of '
+                f'{self.argmax_positions} positions (exact '
+                f'{100 * self.exact_argmax_agreement:.2f}%), ')
+        if self.output_scale is None:
+            text += f'max |diff| {self.max_abs_diff:.4g} (float output)'
+        else:
+            text += (f'max diff {self.max_diff_lsb:.2f} LSB, '
+                     f'{100 * self.within_one_lsb:.2f}% within 1 LSB')
+        return text + f' ({self.num_samples} samples)'
+
+
+def _by_position(values: np.ndarray) -> np.ndarray:
+    """`[positions, classes]`: the last axis holds the classes."""
+    return values.reshape(-1, values.shape[-1] if values.ndim > 1 else 1)
+
+
+def parity_report(actual: np.ndarray, expected: np.ndarray,
+                  step: Optional[float]) -> ParityReport:
+    """Summarizes the difference of two output batches.
+
+    Args:
+        actual: outputs of the TFLite model, batch first.
+        expected: outputs of the reference, same shape.
+        step: one output quantization step (LSB); None for a float output
+            (the step-based fields are then None, argmax is plain argmax).
+
+    Returns:
+        A `ParityReport` (without layers).
+
+    Raises:
+        ValueError: if the shapes differ, the batch is empty or the step is
+            not positive.
+    """
+    actual = np.asarray(actual, np.float64)
+    expected = np.asarray(expected, np.float64)
+    if actual.shape != expected.shape:
+        raise ValueError(
+            f'Output shapes differ: {actual.shape} vs {expected.shape}')
+    if not actual.size:
+        raise ValueError('Parity needs at least one sample.')
+    if step is not None and not step > 0:
+        raise ValueError(f'Output step must be positive, got {step}')
+    abs_diff = np.abs(actual - expected)
+    rows_a, rows_e = _by_position(actual), _by_position(expected)
+    max_diff = mean_diff = within = None
+    if step is not None:
+        diff = abs_diff / step
+        max_diff, mean_diff = float(np.max(diff)), float(np.mean(diff))
+        within = float(np.mean(diff <= _ONE_LSB))
+        # On the output grid, ties are exact in both models.
+        rows_a, rows_e = np.round(rows_a / step), np.round(rows_e / step)
+    picked = np.argmax(rows_a, axis=-1)
+    exact = picked == np.argmax(rows_e, axis=-1)
+    agree = exact
+    if step is not None:
+        chosen = rows_e[np.arange(len(rows_e)), picked]
+        agree = chosen >= np.max(rows_e, axis=-1) - 1
+    return ParityReport(
+        num_samples=len(actual),
+        argmax_agreement=float(np.mean(agree)),
+        max_abs_diff=float(np.max(abs_diff)),
+        max_diff_lsb=max_diff,
+        mean_diff_lsb=mean_diff,
+        within_one_lsb=within,
+        output_scale=None if step is None else float(step),
+        argmax_positions=len(rows_a),
+        exact_argmax_agreement=float(np.mean(exact)))
+
+
+# -------------------------------------------------------------- running
+
+
+@contextlib.contextmanager
+def _reference_session(reference: Reference,
+                       ) -> Iterator[tf.compat.v1.Session]:
+    """The session to run: the caller's, or one on the imported GraphDef."""
+    if isinstance(reference, tf.compat.v1.Session):
+        yield reference
+        return
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.compat.v1.import_graph_def(reference, name='')
+    with tf.compat.v1.Session(graph=graph) as session:
+        yield session
+
+
+def _fixed_batch(graph: tf.Graph, input_name: str) -> Optional[int]:
+    """The batch size of the input placeholder, None if not fixed."""
+    shape = graph.get_tensor_by_name(names.tensor_name(input_name)).shape
+    return shape[0] if shape.rank else None
+
+
+def run_reference(reference: Reference, input_name: str, output_name: str,
+                  inputs: np.ndarray) -> np.ndarray:
+    """Runs the fake-quant graph: a session holding it, or a GraphDef.
+
+    An input whose batch size is fixed is fed batch by batch.
+
+    Args:
+        reference: a session (restored eval graph) or a frozen GraphDef.
+        input_name: the input op or tensor name.
+        output_name: the output op or tensor name.
+        inputs: the float batch.
+
+    Returns:
+        The float outputs.
+
+    Raises:
+        ValueError: a fixed batch size that does not divide the inputs.
+    """
+    fetch, feed = names.tensor_name(output_name), names.tensor_name(input_name)
+    with _reference_session(reference) as session:
+        batch = _fixed_batch(session.graph, input_name)
+        return np.concatenate([session.run(fetch, {feed: inputs[part]})
+                               for part in interpreter_lib.batches(
+                                   len(inputs), batch)])
+
+
+class _Layer:
+    """Accumulates one layer's differences over the batches."""
+
+    def __init__(self, name: str, detail: dict):
+        self.name, self.detail = name, detail
+        self.max_lsb, self.within, self.count = 0.0, 0, 0
+        self.comparable = True
+
+    def add(self, actual: np.ndarray, expected: np.ndarray) -> None:
+        if actual.size != expected.size:
+            self.comparable = False
+            return
+        diff = np.abs(actual.reshape(expected.shape).astype(np.float64) -
+                      expected) / self.detail['quantization'][0]
+        self.max_lsb = max(self.max_lsb, float(np.max(diff)))
+        self.within += int(np.sum(diff <= _ONE_LSB))
+        self.count += diff.size
+
+    def result(self) -> Optional[LayerParity]:
+        if not (self.comparable and self.count):
+            return None
+        return LayerParity(self.name, self.detail['name'], self.max_lsb,
+                           self.within / self.count)
+
+
+def _match_layers(graph_def: tf.compat.v1.GraphDef,
+                  interpreter) -> List[_Layer]:
+    """Quantized activations of the graph with their TFLite tensors.
+
+    TFLite names a tensor after the graph ops fused into the op writing it,
+    the last one first (`conv/Relu6;conv/Conv2D`): the op a FakeQuant reads.
+    Weight tensors (named after their FakeQuant too) and int32 biases are
+    left out.
+    """
+    found = ranges_lib.fake_quant_nodes(graph_def)
+    weights = {node.name for node, _, is_weight in found if is_weight}
+    by_name = {}
+    for detail in interpreter.get_tensor_details():
+        parts = detail['name'].split(';')
+        if (np.dtype(detail['dtype']) in (np.int8, np.uint8) and
+                detail['quantization'][0] > 0 and not weights & set(parts)):
+            by_name.setdefault(parts[0], detail)
+    layers = []
+    for node, input_name, is_weight in found:
+        detail = by_name.get(node.name) or by_name.get(input_name)
+        if detail is not None and not is_weight:
+            layers.append(_Layer(node.name, detail))
+    return layers
+
+
+def compare_with_reference(model: bytes,
+                           reference: Reference,
+                           input_name: str,
+                           output_name: str,
+                           inputs: np.ndarray,
+                           round_trip_inputs: bool = True,
+                           per_layer: bool = False) -> ParityReport:
+    """Measures how closely a TFLite model follows the fake-quant graph.
+
+    Both run on the same float inputs, batch by batch (by the model's batch
+    size when it is fixed, e.g. one sample at a time), the reference once
+    per batch for the output and every layer. With `round_trip_inputs`, the
+    reference is fed the inputs after the model's own input quantization
+    (quantize, then dequantize), so only the arithmetic differs; otherwise
+    it sees the raw floats (different only for inputs that no FakeQuant
+    consumes in the graph).
+
+    Args:
+        model: a TFLite flatbuffer with one input and one output.
+        reference: the fake-quant eval graph: a session holding it
+            (restored), or its frozen GraphDef.
+        input_name: the reference's input op or tensor name.
+        output_name: the reference's output op or tensor name.
+        inputs: the float input batch.
+        round_trip_inputs: feed the reference the quantized inputs.
+        per_layer: also compare every quantized activation found in both
+            models (`ParityReport.layers`), with TFLite's
+            `experimental_preserve_all_tensors`.
+
+    Returns:
+        A `ParityReport`.
+
+    Raises:
+        ValueError: no inputs, or a fixed batch size that does not divide
+            them.
+    """
+    inputs = np.asarray(inputs, np.float32)
+    runner = interpreter_lib.TfliteRunner(model, preserve_all_tensors=per_layer)
+    ref_inputs = inputs
+    quantization = interpreter_lib.boundary_quantization(runner.interpreter,
+                                                         'input')
+    if round_trip_inputs and quantization:
+        scale, zero_point, dtype = quantization
+        ref_inputs = interpreter_lib.dequantize(
+            interpreter_lib.quantize(inputs, scale, zero_point, dtype),
+            scale, zero_point)
+    actual, expected = [], []
+    with _reference_session(reference) as session:
+        layers = (_match_layers(session.graph.as_graph_def(),
+                                runner.interpreter) if per_layer else [])
+        fetches = [names.tensor_name(output_name)] + [
+            names.tensor_name(layer.name) for layer in layers]
+        batch = (runner.batch_size or
+                 _fixed_batch(session.graph, input_name))
+        for part in interpreter_lib.batches(len(inputs), batch):
+            values = session.run(
+                fetches, {names.tensor_name(input_name): ref_inputs[part]})
+            actual.append(runner.run(inputs[part]))
+            expected.append(values[0])
+            for layer, value in zip(layers, values[1:]):
+                layer.add(runner.tensor(layer.detail), value)
+    if not actual:
+        raise ValueError('Parity needs at least one sample.')
+    step = interpreter_lib.boundary_quantization(runner.interpreter,
+                                                 'output')
+    report = parity_report(np.concatenate(actual), np.concatenate(expected),
+                           step[0] if step else None)
+    return dataclasses.replace(report, layers=tuple(
+        r for r in (layer.result() for layer in layers) if r))
+
+
+# -------------------------------------------------------------- showing
+
+
+def format_layers(layers: Sequence[LayerParity]) -> str:
+    """A table of per-layer parity, one line per layer in graph order.
+
+    Args:
+        layers: `ParityReport.layers`.
+
+    Returns:
+        The table (header and rows), without a final newline.
+    """
+    width = max([len('layer')] + [len(layer.name) for layer in layers])
+    lines = [f'{"depth":>5}  {"layer":<{width}}  {"max LSB":>7}  '
+             f'{"<=1 LSB":>8}']
+    for depth, layer in enumerate(layers):
+        lines.append(f'{depth:>5}  {layer.name:<{width}}  '
+                     f'{layer.max_lsb:>7.2f}  '
+                     f'{100 * layer.within_one_lsb:>7.2f}%')
+    return '\n'.join(lines)
+
+
+def plot_layers(layers: Sequence[LayerParity], path: str,
+                protected_paths: Iterable[str] = ()) -> str:
+    """Writes a PNG of per-layer LSB error by depth (needs matplotlib).
+
+    Args:
+        layers: `ParityReport.layers`.
+        path: the .png to write (atomically).
+        protected_paths: input files `path` must not be.
+
+    Returns:
+        The absolute path written.
+
+    Raises:
+        ImportError: matplotlib is not installed.
+        ValueError: `path` is protected.
+    """
+    try:
+        # pylint: disable=g-import-not-at-top
+        import matplotlib
+        matplotlib.use('Agg')
+        from matplotlib import pyplot
+    except ImportError:
+        raise ImportError('The per-layer plot needs matplotlib (pip install '
+                          'matplotlib); the table has the same numbers.'
+                          ) from None
+    depth = np.arange(len(layers))
+    figure, axis = pyplot.subplots(figsize=(8, 4))
+    axis.plot(depth, [layer.max_lsb for layer in layers], 'o-',
+              label='max |TFLite - fake quant|')
+    axis.set_xlabel('depth (quantized activations in graph order)')
+    axis.set_ylabel("LSB of the layer's output")
+    share = axis.twinx()
+    share.plot(depth, [100 * layer.within_one_lsb for layer in layers],
+               's--', color='tab:orange', label='within 1 LSB (right, %)')
+    share.set_ylabel('% within 1 LSB')
+    figure.legend(loc='lower left')
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format='png', dpi=100)
+    pyplot.close(figure)
+    return files.write_atomic(path, buffer.getvalue(), protected_paths)
