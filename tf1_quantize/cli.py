@@ -5,7 +5,7 @@
     python -m tf1_quantize eval   --meta eval.meta  --out eval_q.meta
     python -m tf1_quantize export --meta eval_q.meta --checkpoint ckpt/model \\
         --input x --output logits --inference_type int8 --input_range=0,1 \\
-        --out model.tflite
+        --out model.tflite --parity_inputs images.npy --per_layer
     python -m tf1_quantize check  --meta model.meta --rewrite train \\
         --checkpoint old_contrib_ckpt/model.ckpt-100000
 
@@ -21,6 +21,7 @@ import os
 import sys
 from typing import List, Optional
 
+import numpy as np
 import tensorflow as tf
 from google.protobuf import message
 from google.protobuf import text_format
@@ -115,7 +116,7 @@ def _add_export_command(commands):
     command.add_argument('--meta', required=True,
                          help='eval MetaGraph written by `eval`')
     command.add_argument('--checkpoint', required=True,
-                         help='checkpoint prefix to restore')
+                         help='checkpoint prefix or directory')
     command.add_argument('--input', required=True, help='input tensor name')
     command.add_argument('--output', required=True, help='output tensor name')
     command.add_argument('--inference_type', choices=['int8', 'uint8'],
@@ -124,6 +125,15 @@ def _add_export_command(commands):
                          help='MIN,MAX of the float input values')
     command.add_argument('--allow_float_ops', action='store_true')
     command.add_argument('--out', required=True, help='.tflite to write')
+    command.add_argument('--parity_inputs', default=None,
+                         help='.npy of float inputs (batch first): compare '
+                         'the model with the fake-quant graph')
+    command.add_argument('--per_layer', action='store_true',
+                         help='with --parity_inputs: parity of every '
+                         'quantized activation, as a table')
+    command.add_argument('--per_layer_plot', default=None,
+                         help='with --per_layer: also a PNG of the LSB '
+                         'error by depth (needs matplotlib)')
     command.set_defaults(run=_run_export)
 
 
@@ -195,6 +205,18 @@ def _run_report(args):
 
 
 def _run_export(args):
+    if args.per_layer and args.parity_inputs is None:
+        raise CliError('--per_layer needs --parity_inputs')
+    if args.per_layer_plot and not args.per_layer:
+        raise CliError('--per_layer_plot needs --per_layer')
+    inputs = [args.meta] + [p for p in (args.parity_inputs,) if p]
+    for path in (args.out, args.per_layer_plot):
+        if path:
+            export.check_output_path(path, inputs)
+    parity_inputs = None
+    if args.parity_inputs:
+        parity_inputs = np.load(args.parity_inputs, allow_pickle=False)
+    checkpoint = _checkpoint_prefix(args.checkpoint)
     graph = tf.Graph()
     with graph.as_default():
         saver = tf.compat.v1.train.import_meta_graph(
@@ -202,18 +224,40 @@ def _run_export(args):
         _check_tensor(graph, args.input)
         _check_tensor(graph, args.output)
         with tf.compat.v1.Session() as sess:
-            saver.restore(sess, args.checkpoint)
+            saver.restore(sess, checkpoint)
             input_ranges = None
             if args.input_range:
                 input_ranges = {args.input: _parse_range(args.input_range)}
             _, report = export.export_session(
                 sess, args.input, args.output,
                 inference_type=getattr(tf, args.inference_type),
-                input_ranges=input_ranges, output_path=args.out,
-                allow_float_ops=args.allow_float_ops,
-                protected_paths=[args.meta])
+                input_ranges=input_ranges, parity_inputs=parity_inputs,
+                output_path=args.out, allow_float_ops=args.allow_float_ops,
+                protected_paths=inputs, per_layer=args.per_layer)
     print('wrote %s (%d bytes, %s)' % (report.path, report.size_bytes,
                                         report.inference_type))
+    if report.parity:
+        print('parity: %s' % report.parity)
+    if args.per_layer:
+        print(export.format_layers(report.parity.layers))
+    if args.per_layer_plot:
+        try:
+            print('wrote %s' % export.plot_layers(
+                report.parity.layers, args.per_layer_plot, inputs))
+        except ImportError as error:
+            print('tf1_quantize export: no plot: %s' % error,
+                  file=sys.stderr)
+
+
+def _checkpoint_prefix(path: str) -> str:
+    """A checkpoint prefix, or the latest checkpoint of a directory."""
+    if not os.path.isdir(path):
+        return path
+    prefix = tf.train.latest_checkpoint(path)
+    if prefix is None:
+        raise CliError("no checkpoint in directory %s (no 'checkpoint' file "
+                       'naming one)' % path)
+    return prefix
 
 
 def _import_graph(args) -> tf.Graph:

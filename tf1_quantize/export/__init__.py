@@ -34,6 +34,7 @@ from tf1_quantize.export.errors import FloatOpsError
 from tf1_quantize.export.errors import MissingInputRangeError
 from tf1_quantize.export.errors import TrainingGraphError
 from tf1_quantize.export.errors import UnquantizedGraphError
+from tf1_quantize.export.files import check_output_path
 from tf1_quantize.export.files import write_atomic
 from tf1_quantize.export.freeze import freeze_session
 from tf1_quantize.export.freeze import resolve_output_name
@@ -62,6 +63,7 @@ __all__ = [
     'bare_layers',
     'check_eval_graph',
     'check_integer_only',
+    'check_output_path',
     'check_symmetric_weights',
     'compare_with_reference',
     'convert_to_tflite',

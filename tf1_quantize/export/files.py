@@ -7,6 +7,7 @@ one, and a later write removes what a killed writer left for the same
 destination.
 """
 
+import errno
 import os
 import re
 import tempfile
@@ -39,7 +40,41 @@ def _is_running(pid: int) -> bool:
     return True
 
 
-def remove_stale_temporaries(target: str) -> None:
+def check_output_path(path: str, protected_paths: Iterable[str] = ()) -> str:
+    """Checks, before any work, that `path` can be an output file.
+
+    Args:
+        path: the file to write.
+        protected_paths: input files that `path` must not be.
+
+    Returns:
+        The absolute path.
+
+    Raises:
+        ValueError: if `path` is one of `protected_paths`.
+        OSError: `path` is a directory or too long for the file system.
+    """
+    target = os.path.realpath(path)
+    for protected in protected_paths:
+        if os.path.realpath(protected) == target:
+            raise ValueError(f'Refusing to overwrite input file {protected}')
+    if os.path.isdir(target):
+        raise IsADirectoryError(errno.EISDIR, 'is a directory', target)
+    existing = os.path.dirname(target)
+    while not os.path.isdir(existing):
+        existing = os.path.dirname(existing)
+    name_max = os.pathconf(existing, 'PC_NAME_MAX')
+    path_max = os.pathconf(existing, 'PC_PATH_MAX')
+    longest = max(len(os.fsencode(part)) for part in target.split(os.sep))
+    if longest > name_max or len(os.fsencode(target)) >= path_max:
+        raise OSError(
+            errno.ENAMETOOLONG,
+            f'path too long for the file system (at most {name_max} bytes '
+            f'per name, {path_max - 1} in all)', target)
+    return target
+
+
+def _remove_stale_temporaries(target: str) -> None:
     """Removes temporary files that dead writers left for `target`.
 
     Args:
@@ -75,15 +110,21 @@ def write_atomic(path: str, data: bytes,
 
     Raises:
         ValueError: if `path` is one of `protected_paths`.
-        OSError: the file cannot be written (the message names the path).
+        OSError: the file cannot be written; the message names `path`.
     """
-    target = os.path.realpath(path)
-    for protected in protected_paths:
-        if os.path.realpath(protected) == target:
-            raise ValueError(f'Refusing to overwrite input file {protected}')
+    target = check_output_path(path, protected_paths)
+    try:
+        _write(target, data)
+    except OSError as e:
+        raise OSError(e.errno, f'cannot write {path}: {e.strerror or e}'
+                      ) from e
+    return target
+
+
+def _write(target: str, data: bytes) -> None:
     directory = os.path.dirname(target)
     os.makedirs(directory, exist_ok=True)
-    remove_stale_temporaries(target)
+    _remove_stale_temporaries(target)
     mode = _file_mode(target)
     fd, tmp = tempfile.mkstemp(
         prefix=f'{_temp_prefix(target)}{os.getpid()}.', suffix='.tmp',
@@ -99,4 +140,3 @@ def write_atomic(path: str, data: bytes,
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    return target

@@ -77,7 +77,10 @@ def export_session(session: tf.compat.v1.Session,
         UnquantizedGraphError: the graph was never rewritten.
         ExportError: see `convert_to_tflite`.
         ValueError: unknown output name, or `output_path` is protected.
+        OSError: `output_path` cannot be written (checked first, too).
     """
+    if output_path is not None:
+        files.check_output_path(output_path, protected_paths)
     output_name = freeze.resolve_output_name(session.graph, output_name)
     check.check_eval_graph(session.graph.as_graph_def(), output_name)
     frozen = freeze.freeze_session(session, output_name)
