@@ -79,9 +79,9 @@ def check_eval_graph(graph_def: tf.compat.v1.GraphDef,
     training = [n for n in reachable if _TRAINING_SCOPES & set(n.split('/'))]
     if training:
         raise errors.TrainingGraphError(
-            f'The graph is a training rewrite ({training[0]} and '
-            f'{len(training) - 1} more range-update or step-counter ops feed '
-            'the outputs), which TFLite cannot convert. Build the model '
+            f'The graph is a training rewrite: {len(training)} range-update '
+            f'or step-counter op(s) such as {training[0]} feed the outputs, '
+            'and TFLite cannot convert them. Build the model '
             'again in inference mode in a new graph, rewrite it with '
             'create_eval_graph (or experimental_create_eval_graph with the '
             'training options), restore the checkpoint and export that.')
@@ -189,7 +189,7 @@ def _feeds_fake_quant(name: str, nodes: names.Nodes,
 
 def bare_layers(graph_def: tf.compat.v1.GraphDef,
                 float_ops: Sequence[TfliteOp]) -> List[str]:
-    """The graph layers behind float ops that have no FakeQuant on their output.
+    """The graph layers behind float ops with no FakeQuant on their output.
 
     TFLite names an op's outputs after the graph ops fused into it; a
     Conv2D, DepthwiseConv2dNative or MatMul among them (Identity ops

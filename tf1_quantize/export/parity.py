@@ -231,11 +231,19 @@ def _match_layers(graph_def: tf.compat.v1.GraphDef,
 
     TFLite names a tensor after the graph ops fused into the op writing it,
     the last one first (`conv/Relu6;conv/Conv2D`): the op a FakeQuant reads.
-    Weight tensors (named after their FakeQuant too) and int32 biases are
-    left out.
+    A model output is named after the graph output, an Identity of the
+    FakeQuant. Weight tensors (named after their FakeQuant too) and int32
+    biases are left out.
     """
     found = ranges_lib.fake_quant_nodes(graph_def)
     weights = {node.name for node, _, is_weight in found if is_weight}
+    nodes = names.node_map(graph_def)
+    identities = {}
+    for node in graph_def.node:
+        if node.op == 'Identity':
+            source = names.skip_identities(names.op_name(node.input[0]),
+                                           nodes)
+            identities.setdefault(source, []).append(node.name)
     by_name = {}
     for detail in interpreter.get_tensor_details():
         parts = detail['name'].split(';')
@@ -244,9 +252,10 @@ def _match_layers(graph_def: tf.compat.v1.GraphDef,
             by_name.setdefault(parts[0], detail)
     layers = []
     for node, input_name, is_weight in found:
-        detail = by_name.get(node.name) or by_name.get(input_name)
-        if detail is not None and not is_weight:
-            layers.append(_Layer(node.name, detail))
+        keys = [node.name, input_name] + identities.get(node.name, [])
+        details = [by_name[key] for key in keys if key in by_name]
+        if details and not is_weight:
+            layers.append(_Layer(node.name, details[0]))
     return layers
 
 
@@ -287,7 +296,8 @@ def compare_with_reference(model: bytes,
             them.
     """
     inputs = np.asarray(inputs, np.float32)
-    runner = interpreter_lib.TfliteRunner(model, preserve_all_tensors=per_layer)
+    runner = interpreter_lib.TfliteRunner(model,
+                                          preserve_all_tensors=per_layer)
     ref_inputs = inputs
     quantization = interpreter_lib.boundary_quantization(runner.interpreter,
                                                          'input')
