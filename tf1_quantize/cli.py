@@ -8,6 +8,8 @@
         --out model.tflite --parity_inputs images.npy --per_layer
     python -m tf1_quantize check  --meta model.meta --rewrite train \\
         --checkpoint old_contrib_ckpt/model.ckpt-100000
+    python -m tf1_quantize compare old.tflite new.tflite --inputs x.npy \\
+        --max_lsb 1
 
 A graph is a MetaGraph (`--meta`, keeps collections) or a GraphDef
 (`--graph`, binary or text). Errors print one line on stderr and exit with
@@ -28,6 +30,7 @@ from google.protobuf import text_format
 
 from tf1_quantize import api
 from tf1_quantize import checkpoints
+from tf1_quantize import compare
 from tf1_quantize import export
 from tf1_quantize import graph_def as graph_def_lib
 
@@ -91,6 +94,7 @@ def _parser() -> argparse.ArgumentParser:
         command.set_defaults(run=run)
     _add_export_command(commands)
     _add_check_command(commands)
+    _add_compare_command(commands)
     return parser
 
 
@@ -148,6 +152,35 @@ def _add_check_command(commands):
                          default='none',
                          help='rewrite the graph first (default: as is)')
     command.set_defaults(run=_run_check)
+
+
+def _add_compare_command(commands):
+    command = commands.add_parser(
+        'compare', help='run two .tflite models on the same inputs and '
+        'compare their outputs (e.g. an old contrib export and its '
+        'migrated re-export)')
+    command.add_argument('old', help='the reference .tflite')
+    command.add_argument('new', help='the .tflite to compare with it')
+    command.add_argument('--inputs', required=True, nargs='+',
+                         help='.npy per model input (batch first), in the '
+                         'old model\'s input order; float values are '
+                         'quantized with each model\'s input quantization')
+    command.add_argument('--max_lsb', type=float, default=None,
+                         help='exit with status 2 if any output differs by '
+                         'more than this many output LSB')
+    command.set_defaults(run=_run_compare)
+
+
+def _run_compare(args):
+    inputs = [np.load(path, allow_pickle=False) for path in args.inputs]
+    report = compare.compare_models(args.old, args.new, inputs)
+    print(report)
+    if args.max_lsb is None:
+        return
+    if not report.within(args.max_lsb):
+        raise CliError('outputs differ by up to %.2f LSB, more than '
+                       '--max_lsb %g' % (report.max_diff_lsb, args.max_lsb))
+    print('within --max_lsb %g' % args.max_lsb)
 
 
 def _run_check(args):
