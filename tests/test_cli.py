@@ -1,7 +1,9 @@
 """The command line: rewrite, report, export; bad files exit 2 cleanly."""
 
 import os
+import sys
 
+import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -154,3 +156,97 @@ def test_enter_caller_directory(tmp_path, monkeypatch, bazel_dir, caller_dir,
             monkeypatch.setenv(variable, str(tmp_path / value))
     cli.enter_caller_directory()
     assert os.getcwd() == os.path.realpath(tmp_path / expected)
+
+
+# ------------------------------------------------------------------ export
+
+
+@pytest.fixture(name='quantized')
+def _quantized(files, capsys):
+    """An eval rewrite on disk, its checkpoint directory and parity inputs."""
+    out_dir = files['dir']
+    status, _, _ = _run(capsys, 'eval', '--meta', files['eval'], '--out',
+                        str(out_dir / 'eval_q.meta'), '--symmetric')
+    assert status == 0
+    _save_initialized(str(out_dir / 'eval_q.meta'),
+                      str(out_dir / 'ckpt' / 'model'))
+    inputs = out_dir / 'inputs.npy'
+    np.save(inputs, np.random.RandomState(0).uniform(
+        -3, 3, [4, 5, 5, 3]).astype(np.float32))  # the input's batch is 2
+    return {'dir': out_dir, 'inputs': str(inputs),
+            'args': ['export', '--meta', str(out_dir / 'eval_q.meta'),
+                     '--input', 'input', '--output', 'test/Relu6',
+                     '--input_range=-3,3']}
+
+
+def test_export_from_a_checkpoint_directory_with_per_layer_parity(
+        quantized, capsys):
+    out = quantized['dir'] / 'model.tflite'
+    stale = quantized['dir'] / '.model.tflite.999999999.abc.tmp'
+    stale.write_bytes(b'left by a killed export')
+    status, stdout, err = _run(
+        capsys, *quantized['args'], '--checkpoint',
+        str(quantized['dir'] / 'ckpt'), '--out', str(out),
+        '--parity_inputs', quantized['inputs'], '--per_layer')
+    assert status == 0, err
+    assert out.read_bytes()[4:8] == b'TFL3'
+    assert not stale.exists()
+    lines = stdout.splitlines()
+    assert lines[1].startswith('parity: argmax agreement ')
+    assert '(4 samples)' in lines[1]
+    assert lines[2].split()[:2] == ['depth', 'layer']
+    assert 'test/act_quant/FakeQuantWithMinMaxVars' in lines[3]
+
+
+def test_export_plot_without_matplotlib_is_a_note(quantized, capsys,
+                                                   monkeypatch):
+    monkeypatch.setitem(sys.modules, 'matplotlib', None)
+    plot = quantized['dir'] / 'layers.png'
+    status, _, err = _run(
+        capsys, *quantized['args'], '--checkpoint',
+        str(quantized['dir'] / 'ckpt'), '--out',
+        str(quantized['dir'] / 'm.tflite'), '--parity_inputs',
+        quantized['inputs'], '--per_layer', '--per_layer_plot', str(plot))
+    assert status == 0
+    assert len(err.strip().splitlines()) == 1 and 'matplotlib' in err
+    assert not plot.exists()
+
+
+@pytest.mark.parametrize('case, message', [
+    ('per_layer', '--per_layer needs --parity_inputs'),
+    ('empty_dir', 'no checkpoint in directory'),
+    ('long_path', 'too long'),
+    ('directory', 'is a directory'),
+])
+def test_export_problems_exit_2_with_one_line(quantized, capsys, case,
+                                              message):
+    directory = quantized['dir']
+    empty = directory / 'empty'
+    empty.mkdir()
+    checkpoint = empty if case == 'empty_dir' else directory / 'ckpt'
+    out = {'long_path': directory / ('m' * 300),
+           'directory': empty}.get(case, directory / 'm.tflite')
+    extra = ['--per_layer'] if case == 'per_layer' else []
+    status, _, err = _run(capsys, *quantized['args'], '--checkpoint',
+                          str(checkpoint), '--out', str(out), *extra)
+    assert status == 2
+    assert len(err.strip().splitlines()) == 1 and message in err
+    assert not (directory / 'm.tflite').exists()
+    assert not [p for p in directory.iterdir() if p.suffix == '.tmp']
+
+
+def test_export_of_a_training_rewrite_says_so(files, capsys):
+    out_dir = files['dir']
+    status, _, _ = _run(capsys, 'train', '--meta', files['train'], '--out',
+                        str(out_dir / 'qat.meta'), '--symmetric')
+    assert status == 0
+    checkpoint = _save_initialized(str(out_dir / 'qat.meta'),
+                                   str(out_dir / 'qat_ckpt' / 'model'))
+    status, _, err = _run(
+        capsys, 'export', '--meta', str(out_dir / 'qat.meta'),
+        '--checkpoint', checkpoint, '--input', 'input', '--output',
+        'test/Relu6', '--input_range=-3,3', '--out',
+        str(out_dir / 'm.tflite'))
+    assert status == 2
+    assert 'training rewrite' in err and 'create_eval_graph' in err
+    assert not (out_dir / 'm.tflite').exists()
