@@ -34,12 +34,17 @@ def _demo_path():
                 "test's data)")
 
 
-@pytest.fixture(scope='module')
-def demo_run(tmp_path_factory):
-    """Runs `demo.py --small` once; returns (stdout, output directory)."""
+def _load_demo():
     spec = importlib.util.spec_from_file_location('demo', _demo_path())
     demo = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(demo)
+    return demo
+
+
+@pytest.fixture(scope='module')
+def demo_run(tmp_path_factory):
+    """Runs `demo.py --small` once; returns (stdout, output directory)."""
+    demo = _load_demo()
     out_dir = tmp_path_factory.mktemp('demo_out')
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
@@ -100,3 +105,27 @@ def test_model_a_is_integer_only(demo_run, name):
     assert interpreter.get_output_details()[0]['dtype'] == dtype
     outputs = export.run_tflite(model, np.zeros([2, 8, 8, 1], np.float32))
     assert outputs.shape == (2, 10)
+
+
+def _parity(agreement):
+    return export.ParityReport(
+        num_samples=360, argmax_agreement=agreement, max_abs_diff=0.1,
+        max_diff_lsb=1.0, mean_diff_lsb=0.1, within_one_lsb=1.0,
+        output_scale=0.1, argmax_positions=360,
+        exact_argmax_agreement=agreement)
+
+
+@pytest.mark.parametrize('agreement, small, status', [
+    (1.0, False, 0), (359 / 360, False, 1), (359 / 360, True, 0)],
+    ids=['met', 'missed', 'missed_small'])
+def test_exit_status_follows_the_targets(tmp_path, monkeypatch, capsys,
+                                         agreement, small, status):
+    demo = _load_demo()
+    row = demo.Row('A', 'int8 (symmetric QAT)', 0.98, 0.98, 0.98,
+                   _parity(agreement), 5000, 0)
+    monkeypatch.setattr(demo, 'run_model', lambda *args: [row])
+    argv = ['--out', str(tmp_path), '--models', 'A']
+    assert demo.main(argv + (['--small'] if small else [])) == status
+    stdout = capsys.readouterr().out
+    verdict = 'PASS' if agreement == 1.0 else 'FAIL'
+    assert f'{verdict}  A int8 (symmetric QAT): argmax agreement' in stdout
