@@ -287,6 +287,17 @@ def test_resolve_output_name_prefers_a_dangling_fake_quant():
         export.resolve_output_name(graph, 'missing')
 
 
+def test_resolve_output_name_follows_a_rerouted_output():
+    """The rewrite rerouted the logits' readers (a softmax) to their
+    FakeQuant: the logits feed only the FakeQuant, which is exported."""
+    graph = _dangling_fake_quant_graph()
+    with graph.as_default():
+        quantized = graph.get_tensor_by_name('fc/act_quant/FakeQuant:0')
+        tf.nn.softmax(quantized, name='predictions')
+    assert (export.resolve_output_name(graph, 'fc/MatMul:0')
+            == 'fc/act_quant/FakeQuant:0')
+
+
 def test_export_session_exports_the_dangling_fake_quant():
     graph = _dangling_fake_quant_graph()
     with graph.as_default(), v1.Session(graph=graph) as session:

@@ -40,14 +40,15 @@ def freeze_session(session: tf.compat.v1.Session,
 
 
 def resolve_output_name(graph: tf.Graph, output_name: str) -> str:
-    """The tensor to export for an output: itself or its final FakeQuant.
+    """The tensor to export for an output: itself or its FakeQuant.
 
-    When a layer's output is also a graph output (nothing consumes it), the
-    rewrite, like contrib, still creates the layer's FakeQuant but leaves it
-    without consumers, and so does an Identity named like an output (the
-    rewrite treats Identity as an activation). Exporting the unquantized
-    tensor would leave the last layer float, so such a dangling FakeQuant is
-    exported instead.
+    The rewrite quantizes a layer's output by rerouting every consumer to a
+    new FakeQuant; the tensor the model code returned (e.g. the logits)
+    then feeds only that FakeQuant. When the output is also a graph output
+    (nothing consumed it), the rewrite, like contrib, still creates the
+    FakeQuant but leaves it without consumers. Either way, exporting the
+    unquantized tensor would leave the last layer float, so a tensor read
+    by exactly one op, a FakeQuant, is exported as that FakeQuant's output.
 
     Args:
         graph: the rewritten eval graph.
@@ -63,10 +64,10 @@ def resolve_output_name(graph: tf.Graph, output_name: str) -> str:
         tensor = graph.get_tensor_by_name(names.tensor_name(output_name))
     except KeyError as e:
         raise ValueError(f'Output {output_name} not found in the graph') from e
-    fake_quants = [op for op in tensor.consumers()
-                   if op.type in names.FAKE_QUANT_TYPES]
-    if len(fake_quants) == 1 and not fake_quants[0].outputs[0].consumers():
-        quantized = fake_quants[0].outputs[0].name
+    consumers = tensor.consumers()
+    if (len(consumers) == 1 and
+            consumers[0].type in names.FAKE_QUANT_TYPES):
+        quantized = consumers[0].outputs[0].name
         logging.info('Exporting %s (the FakeQuant of %s) as the output.',
                      quantized, tensor.name)
         return quantized
