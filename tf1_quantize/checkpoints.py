@@ -3,7 +3,10 @@ mismatched, and why; and what quantization ranges and batch-norm statistics
 it holds.
 
 Used before restoring an old (e.g. TF 1.15 contrib QAT) checkpoint into a
-rewritten graph, where a failed restore only says "Key not found".
+rewritten graph, where a failed restore only says "Key not found". For
+quantization state it says which ranges will start from their initializers
+instead of trained values, what that does to accuracy, and the exact
+`init_from_checkpoint` mapping that restores everything else.
 """
 
 from __future__ import annotations
@@ -20,6 +23,61 @@ _TRAINING_ONLY_NAMES = ('fake_quantization_step',)
 _RANGE_SUFFIXES = ('_quant/min', '_quant/max')
 _BN_STATISTIC_SUFFIXES = ('moving_mean', 'moving_variance')
 _OBJECT_KEY_MARK = '.ATTRIBUTES/'
+_WEIGHTS_QUANTIZER = 'weights_quant'
+_WEIGHTS_TRAINING_OP = 'AssignMinLast'  # Only training weight quantizers.
+_EMA_DECAY = 0.999
+
+
+@dataclasses.dataclass(frozen=True)
+class FreshRange:
+    """A quantization range that will not start from trained values.
+
+    Attributes:
+        prefix: the quantizer, e.g. `Conv/act_quant` (variables
+            `prefix/min`, `prefix/max`).
+        weights: a weight range (`weights_quant`), else an activation range.
+        training: the graph updates the range (a training rewrite).
+        initial: the `(min, max)` the range starts from.
+        step: one quantization step of the initial range.
+        restored: `min`/`max` restore, but not the moving-average state
+            (training activation ranges only).
+        lost: a trained range is lost: the graph evaluates it, or the
+            checkpoint holds quantization ranges (a QAT checkpoint) and the
+            training graph's moving average starts over.
+    """
+    prefix: str
+    weights: bool
+    training: bool
+    initial: Tuple[float, float]
+    step: float
+    restored: bool
+    lost: bool
+
+    def __str__(self) -> str:
+        low, high = self.initial
+        start = ('restored, but its moving-average state is not: the first '
+                 'training step replaces it with that batch\'s range'
+                 if self.restored else 'starts from [%g, %g] (step %.3g)' %
+                 (low, high, self.step))
+        if self.weights and self.training:
+            effect = ('recomputed from the weights every training step: '
+                      'harmless in training')
+        elif self.weights:
+            effect = ('the eval graph quantizes the weights with it, so '
+                      'weights under %.3g in magnitude become 0 and the rest '
+                      'are coarse: accuracy collapses' % (self.step / 2))
+        elif self.training:
+            effect = ('the moving average (decay %g, debiased) takes the '
+                      'first batch\'s range, then averages the batches seen; '
+                      'until it settles (a few thousand steps) activations '
+                      'are clipped and rounded differently from the trained '
+                      'model, and accuracy dips' % _EMA_DECAY)
+        else:
+            effect = ('the eval graph clips activations to it and rounds '
+                      'them to its step: accuracy is lost wherever the '
+                      'trained range differed')
+        return '%s%s: %s; %s' % ('LOST ' if self.lost else '', self.prefix,
+                                 start, effect)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,22 +93,49 @@ class CheckpointReport:
     """How a checkpoint fits a graph.
 
     Attributes:
+        checkpoint: the checkpoint checked, as given.
         problems: variables that stop a restore (missing from the
-            checkpoint, or with another shape or dtype).
+            checkpoint, or with another shape or dtype), other than the
+            quantization state in `fresh_ranges` and `fresh_step_counter`.
         ignored: checkpoint variables the graph does not need, with why.
         ranges: `{range variable: value}` of the FakeQuant ranges held (a
             list for per-channel ranges).
         batch_norm_statistics: `{variable: (min, mean, max)}` of the moving
             statistics held.
+        fresh_ranges: quantization ranges of the graph that will start from
+            their initializers (or lose their moving-average state).
+        fresh_step_counter: the graph's `fake_quantization_step` is not in
+            the checkpoint and will count from 0.
+        quantized_checkpoint: the checkpoint holds quantization ranges (a
+            QAT checkpoint), so ranges starting over lose trained values.
+        assignment_map: `{checkpoint name: graph variable name}` of every
+            graph variable the checkpoint can restore, for
+            `tf.compat.v1.train.init_from_checkpoint`.
     """
+    checkpoint: str
     problems: List[Problem]
     ignored: List[Problem]
     ranges: Dict[str, object]
     batch_norm_statistics: Dict[str, Tuple[float, float, float]]
+    fresh_ranges: List[FreshRange]
+    fresh_step_counter: bool
+    quantized_checkpoint: bool
+    assignment_map: Dict[str, str]
+
+    @property
+    def lost(self) -> List[str]:
+        """The trained quantization state a restore would lose."""
+        lost = [r.prefix for r in self.fresh_ranges if r.lost]
+        if self.fresh_step_counter and (
+                self.quantized_checkpoint or
+                not any(r.training for r in self.fresh_ranges)):
+            lost.append(_TRAINING_ONLY_NAMES[0])
+        return lost
 
     @property
     def ok(self) -> bool:
-        return not self.problems
+        """No variable stops the restore and no trained range is lost."""
+        return not self.problems and not self.lost
 
     def __str__(self) -> str:
         lines = ['%d problem(s); %d checkpoint variable(s) not used.' %
@@ -63,7 +148,46 @@ class CheckpointReport:
         lines += ['  statistic %s: min %g, mean %g, max %g' %
                   ((name,) + values) for name, values in sorted(
                       self.batch_norm_statistics.items())]
-        return '\n'.join(lines)
+        return '\n'.join(lines + self._quantization_lines())
+
+    def _quantization_lines(self) -> List[str]:
+        if not self.fresh_ranges and not self.fresh_step_counter:
+            return ['Quantization state: every range and counter the graph '
+                    'has restores from the checkpoint.']
+        lines = ['Quantization state: %d range(s) will not start from '
+                 'trained values (the checkpoint %s):' % (
+                     len(self.fresh_ranges), 'holds quantization ranges' if
+                     self.quantized_checkpoint else 'holds no quantization '
+                     'range: a float checkpoint')]
+        lines += ['  %s' % r for r in self.fresh_ranges]
+        if self.fresh_step_counter:
+            lines.append('  %s%s: counts from 0, so quant_delay and '
+                         'freeze_bn_delay start over' % (
+                             'LOST ' if _TRAINING_ONLY_NAMES[0] in self.lost
+                             else '', _TRAINING_ONLY_NAMES[0]))
+        if any(r.restored for r in self.fresh_ranges):
+            lines.append('  (restore from a training checkpoint, which holds '
+                         'the moving-average state, to keep those ranges)')
+        if self.lost:
+            lines.append('Verdict: %d trained quantization value(s) would be '
+                         'LOST: %s' % (len(self.lost), ', '.join(self.lost)))
+        else:
+            lines.append('Verdict: no trained quantization range is lost.')
+        if not self.problems:
+            lines += self._restore_lines()
+        return lines
+
+    def _restore_lines(self) -> List[str]:
+        """The mapping that restores the rest (a full Saver would fail)."""
+        return ['A Saver over all variables would fail ("Key not found"). '
+                'Restore the other %d variable(s) with this call after '
+                'building the graph and before running the initializers:' %
+                len(self.assignment_map),
+                '    tf.compat.v1.train.init_from_checkpoint(%r, {' %
+                self.checkpoint] + [
+                    '        %r: %r,' % item
+                    for item in sorted(self.assignment_map.items())] + [
+                        '    })']
 
 
 def check_checkpoint(graph: tf.Graph, checkpoint: str) -> CheckpointReport:
@@ -74,8 +198,8 @@ def check_checkpoint(graph: tf.Graph, checkpoint: str) -> CheckpointReport:
         checkpoint: a checkpoint prefix or directory.
 
     Returns:
-        A `CheckpointReport`; `report.ok` is False when a `Saver` over the
-        graph's global variables would fail to restore.
+        A `CheckpointReport`; `report.ok` is False when a variable would not
+        restore or a trained quantization range would be lost.
 
     Raises:
         ValueError: if `checkpoint` cannot be read.
@@ -87,8 +211,9 @@ def check_checkpoint(graph: tf.Graph, checkpoint: str) -> CheckpointReport:
     problems = []
     for name, (shape, dtype) in sorted(wanted.items()):
         if name not in stored_shapes:
-            problems.append(Problem(name, 'missing',
-                                    _why_missing(name, stored_shapes)))
+            if not _is_quantization_state(name):
+                problems.append(Problem(name, 'missing',
+                                        _why_missing(name, stored_shapes)))
         elif list(stored_shapes[name]) != shape:
             problems.append(Problem(name, 'shape', 'graph %s, checkpoint %s'
                                     % (shape, list(stored_shapes[name]))))
@@ -97,10 +222,84 @@ def check_checkpoint(graph: tf.Graph, checkpoint: str) -> CheckpointReport:
                                     % (dtype.name, stored_dtypes[name].name)))
     ignored = [Problem(name, 'unexpected', _why_unexpected(name, wanted))
                for name in sorted(stored_shapes) if name not in wanted]
-    return CheckpointReport(problems=problems, ignored=ignored,
-                            ranges=_ranges(reader, stored_shapes),
-                            batch_norm_statistics=_statistics(
-                                reader, stored_shapes))
+    ranges = _ranges(reader, stored_shapes)
+    unusable = {p.name for p in problems}
+    return CheckpointReport(
+        checkpoint=checkpoint, problems=problems, ignored=ignored,
+        ranges=ranges,
+        batch_norm_statistics=_statistics(reader, stored_shapes),
+        fresh_ranges=_fresh_ranges(graph, wanted, stored_shapes,
+                                   bool(ranges)),
+        fresh_step_counter=(_TRAINING_ONLY_NAMES[0] in wanted and
+                            _TRAINING_ONLY_NAMES[0] not in stored_shapes),
+        quantized_checkpoint=bool(ranges),
+        assignment_map={name: name for name in sorted(wanted)
+                        if name in stored_shapes and name not in unusable})
+
+
+def _is_quantization_state(name: str) -> bool:
+    """A range, its moving-average state or the step counter."""
+    return (name in _TRAINING_ONLY_NAMES or name.endswith(_RANGE_SUFFIXES) or
+            ('_quant/' in name and name.endswith(_TRAINING_ONLY_SUFFIXES)))
+
+
+def _fresh_ranges(graph: tf.Graph, wanted, stored,
+                  quantized_checkpoint: bool) -> List[FreshRange]:
+    """The graph's ranges that will not start from trained values."""
+    fresh = {}
+    for prefix in sorted({name.rsplit('/', 1)[0] for name in wanted
+                          if name.endswith(_RANGE_SUFFIXES)}):
+        ema_state = [name for name in wanted
+                     if name.startswith('%s/%s/' % (prefix, prefix))]
+        missing = any(prefix + bound not in stored
+                      for bound in ('/min', '/max'))
+        if missing or any(name not in stored for name in ema_state):
+            fresh[prefix] = (missing, ema_state)
+    initial = _initial_ranges(graph, fresh)
+    result = []
+    for prefix, (missing, ema_state) in fresh.items():
+        weights = prefix.rsplit('/', 1)[-1] == _WEIGHTS_QUANTIZER
+        training = bool(ema_state) or _has_op(
+            graph, '%s/%s' % (prefix, _WEIGHTS_TRAINING_OP))
+        low, high = initial[prefix]
+        result.append(FreshRange(
+            prefix=prefix, weights=weights, training=training,
+            initial=(low, high), step=(high - low) / _levels(graph, prefix),
+            restored=not missing,
+            lost=not training or (quantized_checkpoint and not weights)))
+    return result
+
+
+def _initial_ranges(graph: tf.Graph, prefixes) -> Dict[str, Tuple]:
+    """`{prefix: (min, max)}` from the range variables' initial values."""
+    if not prefixes:
+        return {}
+    variables = {v.op.name: v for v in graph.get_collection(
+        tf.compat.v1.GraphKeys.GLOBAL_VARIABLES)}
+    with graph.as_default(), tf.compat.v1.Session(graph=graph) as session:
+        values = session.run({
+            prefix: [variables[prefix + bound].initial_value
+                     for bound in ('/min', '/max')] for prefix in prefixes})
+    return {prefix: (float(np.min(low)), float(np.max(high)))
+            for prefix, (low, high) in values.items()}
+
+
+def _levels(graph: tf.Graph, prefix: str) -> int:
+    """Quantization steps in the range of the quantizer `prefix`."""
+    for op in graph.get_operations():
+        if (op.name.startswith(prefix + '/') and
+                op.type.startswith('FakeQuantWithMinMaxVars')):
+            return 2**op.get_attr('num_bits') - 1 - int(
+                op.get_attr('narrow_range'))
+    return 2**8 - 1
+
+
+def _has_op(graph: tf.Graph, name: str) -> bool:
+    try:
+        graph.get_operation_by_name(name)
+    except KeyError:
+        return False
+    return True
 
 
 def _reader(checkpoint: str):
@@ -128,10 +327,6 @@ def _why_missing(name: str, stored) -> str:
     if any(_OBJECT_KEY_MARK in key for key in stored):
         return ('not in the checkpoint, which is object-based (TF2 '
                 'tf.train.Checkpoint keys); save with a tf.compat.v1 Saver')
-    if name.endswith(_RANGE_SUFFIXES) or name in _TRAINING_ONLY_NAMES:
-        return ('quantization variable not in the checkpoint: it was saved '
-                'before the rewrite (or without quantization); initialize it '
-                'and restore the rest with a Saver over the other variables')
     return 'not in the checkpoint'
 
 

@@ -192,10 +192,16 @@ def _run_check(args):
         rewrite(graph, **_rewrite_kwargs(args, is_training))
     report = checkpoints.check_checkpoint(graph, args.checkpoint)
     print(report)
-    if not report.ok:
-        raise CliError('%d variable(s) would not restore from %s: %s' % (
+    failures = []
+    if report.problems:
+        failures.append('%d variable(s) would not restore from %s: %s' % (
             len(report.problems), args.checkpoint,
             ', '.join(p.name for p in report.problems)))
+    if report.lost:
+        failures.append('%d trained quantization value(s) would be lost: %s'
+                        % (len(report.lost), ', '.join(report.lost)))
+    if failures:
+        raise CliError('; '.join(failures))
 
 
 def _rewrite_kwargs(args, is_training):
