@@ -6,7 +6,6 @@ anything, so an error leaves the graph exactly as it was.
 
 from __future__ import annotations
 
-import numbers
 import weakref
 from typing import Optional
 
@@ -15,28 +14,14 @@ from absl import logging
 
 from tf1_quantize import folding
 from tf1_quantize import forward_folding
+from tf1_quantize import graph_edit
+from tf1_quantize import names
 from tf1_quantize import patterns
 from tf1_quantize import quantize
 from tf1_quantize import report as report_lib
-from tf1_quantize.errors import QuantizeError, UnsupportedGraphError
+from tf1_quantize import validation
+from tf1_quantize.errors import RewriteAbortedError
 
-_OPTIMIZERS = ('Adagrad', 'AdagradDA', 'Adam', 'AddSign', 'CenteredRMSProp',
-               'Ftrl', 'FtrlV2', 'GradientDescent', 'Momentum', 'PowerSign',
-               'ProximalAdagrad', 'ProximalGradientDescent', 'RMSProp')
-_SPARSE_OPTIMIZERS = ('Adadelta', 'Adagrad', 'AdagradDA', 'CenteredRMSProp',
-                      'Ftrl', 'FtrlV2', 'Momentum', 'ProximalAdagrad',
-                      'ProximalGradientDescent', 'RMSProp')
-# The optimizer-apply op types whose presence means the rewrite came too late
-# (the same 47 types contrib checked).
-TRAINING_OP_TYPES = frozenset(
-    ['Apply' + o for o in _OPTIMIZERS] +
-    ['ResourceApply' + o for o in ('Adadelta',) + _OPTIMIZERS] +
-    ['ResourceSparseApply' + o for o in _SPARSE_OPTIMIZERS] +
-    ['SparseApply' + o for o in _SPARSE_OPTIMIZERS])
-_CONDITIONAL_TYPES = ('If', 'StatelessIf', 'Switch')
-# Name scopes of the conditionals a rewrite builds (quant_delay, freeze).
-_OWN_CONDITIONALS = ('delayed_quant/', 'one_conv_fold/')
-_MIN_BITS, _MAX_BITS = 2, 16
 _LAST_REPORTS: 'weakref.WeakKeyDictionary[tf.Graph, report_lib.RewriteReport]' = (
     weakref.WeakKeyDictionary())
 
@@ -187,47 +172,72 @@ def _rewrite(input_graph, *, is_training, weight_bits=8, activation_bits=8,
              scope=None, per_channel_weights=False, one_conv_fold=False,
              quantize_layers=True) -> report_lib.RewriteReport:
     graph = _resolve_graph(input_graph)
-    _check_arguments(weight_bits, activation_bits, quant_delay,
-                     freeze_bn_delay, scope)
-    if quantize_layers:
-        _check_for_training_ops(graph)
+    validation.check_arguments(weight_bits, activation_bits, quant_delay,
+                               freeze_bn_delay, scope)
+    validation.check_graph(graph, quantize_layers)
     records = patterns.find_layers(graph)
     forward, standalone = _split_standalone(graph, records, quantize_layers)
-    _check_graph(graph, records,
-                 [f.batch_norm for f in forward] + standalone, is_training,
-                 bool(one_conv_fold))
-    folded = [r.layer.name for r in records if r.batch_norm is not None]
+    plan = validation.Plan(
+        mode=names.TRAINING if is_training else names.EVAL,
+        quantize=quantize_layers, records=records, forward=forward,
+        standalone=standalone, one_conv_fold=bool(one_conv_fold),
+        per_channel_weights=bool(per_channel_weights))
+    validation.check_plan(graph, plan)
     layers = [r.layer.name for r in records]
-    with graph.as_default():
-        folding.fold(graph, records, is_training, freeze_bn_delay,
-                     one_conv=bool(one_conv_fold))
-        for fold in forward:
-            forward_folding.fold_forward(graph, fold, is_training,
-                                         freeze_bn_delay)
-        affines = [
-            folding.rewrite_as_affine(graph, bn, is_training, freeze_bn_delay)
-            for bn in standalone
-        ]
-        inserted = []
-        if quantize_layers:
-            config = quantize.QuantizeConfig(
-                is_training=is_training, weight_bits=weight_bits,
-                activation_bits=activation_bits, symmetric=symmetric,
-                quant_delay=quant_delay, scope=scope,
-                per_channel_weights=bool(per_channel_weights))
-            inserted = quantize.quantize_layers(graph, records, affines,
-                                                config)
+    folded = [r.layer.name for r in records if r.batch_norm is not None]
+    config = quantize.QuantizeConfig(
+        is_training=is_training, weight_bits=weight_bits,
+        activation_bits=activation_bits, symmetric=symmetric,
+        quant_delay=quant_delay, scope=scope,
+        per_channel_weights=bool(per_channel_weights))
+    try:
+        with graph.as_default(), graph_edit.transaction(graph):
+            inserted = _mutate(graph, plan, config, freeze_bn_delay)
+            validation.record_rewrite(graph, plan.mode)
+    except Exception as error:  # pylint: disable=broad-except
+        raise RewriteAbortedError(
+            'The rewrite failed while changing the graph (%s: %s). Every '
+            'input it rerouted and every collection it changed were '
+            'restored, so the graph computes what it did before; the ops '
+            'it had created stay, unconnected (TensorFlow cannot delete '
+            'ops), so build the graph again before another rewrite. Please '
+            'report this with the graph.' %
+            (type(error).__name__, error)) from error
+    float_ops = []
+    if quantize_layers:
+        float_ops = report_lib.find_float_layers(
+            graph, layers + [r.layer.name for r in records])
     result = report_lib.RewriteReport(
         is_training=is_training, layers=layers, folded=folded,
-        affine=[bn.op.name for bn in standalone], fake_quants=inserted,
-        float_ops=report_lib.find_float_layers(
-            graph, layers + [r.layer.name for r in records])
-        if quantize_layers else [],
+        affine=[bn.op.name for bn in plan.standalone], fake_quants=inserted,
+        float_ops=float_ops + report_lib.find_function_layers(graph),
         folded_forward=[f.batch_norm.op.name for f in forward],
         forward_layers=[f.layer.layer.name for f in forward])
     logging.info('%s', result)
     _LAST_REPORTS[graph] = result
     return result
+
+
+def _mutate(graph: tf.Graph, plan: validation.Plan,
+            config: quantize.QuantizeConfig, freeze_bn_delay):
+    """Folds and quantizes as `plan` says.
+
+    Returns:
+        The FakeQuants inserted.
+    """
+    is_training = plan.mode == names.TRAINING
+    folding.fold(graph, plan.records, is_training, freeze_bn_delay,
+                 one_conv=plan.one_conv_fold)
+    for fold in plan.forward:
+        forward_folding.fold_forward(graph, fold, is_training,
+                                     freeze_bn_delay)
+    affines = [
+        folding.rewrite_as_affine(graph, bn, is_training, freeze_bn_delay)
+        for bn in plan.standalone
+    ]
+    if not plan.quantize:
+        return []
+    return quantize.quantize_layers(graph, plan.records, affines, config)
 
 
 def _split_standalone(graph: tf.Graph, records, quantize_layers: bool):
@@ -272,99 +282,3 @@ def _resolve_graph(input_graph) -> tf.Graph:
         raise TypeError('input_graph must be a tf.Graph or None, got %s.' %
                         type(input_graph).__name__)
     return input_graph
-
-
-def _check_arguments(weight_bits, activation_bits, quant_delay,
-                     freeze_bn_delay, scope) -> None:
-    for name, bits in (('weight_bits', weight_bits),
-                       ('activation_bits', activation_bits)):
-        if not _is_int(bits) or not _MIN_BITS <= bits <= _MAX_BITS:
-            raise ValueError('%s must be an integer from %d to %d, got %r.' %
-                             (name, _MIN_BITS, _MAX_BITS, bits))
-    for name, delay in (('quant_delay', quant_delay),
-                        ('freeze_bn_delay', freeze_bn_delay)):
-        if delay is not None and (not _is_int(delay) or delay < 0):
-            raise ValueError('%s must be None or an integer >= 0, got %r.' %
-                             (name, delay))
-    if scope is not None and not isinstance(scope, str):
-        raise ValueError('scope must be a string or None, got %r.' % (scope,))
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _check_for_training_ops(graph: tf.Graph) -> None:
-    found = {op.type for op in graph.get_operations()} & TRAINING_OP_TYPES
-    if found:
-        raise QuantizeError(
-            'Training op found in graph, exiting %s. Call the rewrite after '
-            'building the forward pass and before building the optimizer.' %
-            sorted(found))
-
-
-def _check_graph(graph: tf.Graph, records, standalone, is_training: bool,
-                 one_conv_fold: bool) -> None:
-    """Everything that could stop the rewrite half-way is checked here."""
-    if graph.finalized:
-        raise QuantizeError('The graph is finalized; rewrite it before '
-                            'creating a MonitoredSession / finalizing it.')
-    _check_conditional_layers(graph)
-    _check_outside_control_flow(
-        [r.layer for r in records] +
-        [r.batch_norm.op for r in records if r.batch_norm is not None] +
-        [bn.op for bn in standalone])
-    folding.validate(records, standalone, is_training, one_conv_fold)
-    computed = [(r.layer, r.weights) for r in records]
-    computed += [(r.layer, r.layer.outputs[0]) for r in records]
-    computed += [(bn.op, bn.input) for bn in standalone]
-    for op, tensor in computed:
-        if tensor.dtype != tf.float32:
-            raise UnsupportedGraphError(
-                "Op '%s' works on %s tensor '%s'; FakeQuant ops and the "
-                'folding math need float32. Quantize the float32 model.' %
-                (op.name, tensor.dtype.name, tensor.name))
-
-
-def _check_conditional_layers(graph: tf.Graph) -> None:
-    """A layer feeding a conditional usually means a batch norm whose
-    `training` flag is a tensor: both branches exist and neither can be
-    folded."""
-    for op in graph.get_operations():
-        if op.type not in patterns.LAYER_TYPES:
-            continue
-        for reader in _layer_readers(op):
-            if (reader.type in _CONDITIONAL_TYPES
-                    and not _is_own_conditional(reader.name)):
-                raise UnsupportedGraphError(
-                    "Layer op '%s' feeds the conditional '%s' (%s), e.g. a "
-                    'batch norm whose training flag is a tensor. Build the '
-                    'training graph with training=True and the eval graph '
-                    'with training=False (Python bools).' %
-                    (op.name, reader.name, reader.type))
-
-
-def _is_own_conditional(name: str) -> bool:
-    return any(scope in name for scope in _OWN_CONDITIONALS)
-
-
-def _check_outside_control_flow(ops) -> None:
-    """TF1 while loops and conds keep their ops in a control-flow context;
-    ops built outside it cannot read their outputs. A one-convolution fold's
-    layer is inside the fold's own cond; nothing is added next to it."""
-    for op in ops:
-        context = op._get_control_flow_context()  # pylint: disable=protected-access
-        if context is not None and not _is_own_conditional(context.name):
-            raise UnsupportedGraphError(
-                "Op '%s' is inside a %s (TF1 control flow); the rewrite "
-                'cannot add ops to it. Build the layers outside while loops '
-                'and conditionals.' % (op.name, type(context).__name__))
-
-
-def _layer_readers(op: tf.Operation):
-    """Readers of a layer output, looking through Identity and BiasAdd."""
-    readers = list(op.outputs[0].consumers())
-    for reader in list(readers):
-        if reader.type in ('Identity', 'BiasAdd'):
-            readers.extend(reader.outputs[0].consumers())
-    return readers

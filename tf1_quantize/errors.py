@@ -7,3 +7,10 @@ class QuantizeError(ValueError):
 
 class UnsupportedGraphError(QuantizeError):
     """The graph holds a structure the rewrite cannot handle correctly."""
+
+
+class RewriteAbortedError(QuantizeError):
+    """The rewrite failed after it had started changing the graph, on
+    something the checks before it did not foresee. What it changed in
+    existing ops and collections was undone (see `graph_edit.transaction`).
+    """

@@ -32,6 +32,7 @@ import tensorflow as tf
 
 from tf1_quantize import conditionals
 from tf1_quantize import graph_edit
+from tf1_quantize.names import CORRECTED_WEIGHTS, FOLDED_WEIGHTS
 from tf1_quantize import step_counter
 from tf1_quantize.errors import UnsupportedGraphError
 from tf1_quantize.patterns import BatchNormRecord, LayerRecord
@@ -72,11 +73,24 @@ def validate(records: List[LayerRecord],
     for record in records:
         if record.batch_norm is not None:
             _validate_layer(record)
-            _validate_batch_norm(record.batch_norm, is_training)
+            _validate_batch_norm(
+                record.batch_norm,
+                uses_training_fold(record.batch_norm, is_training))
             if one_conv and is_training:
                 _validate_one_conv_epsilon(record.batch_norm)
     for bn in standalone:
         _validate_batch_norm(bn, is_training)
+
+
+def uses_training_fold(bn: BatchNormRecord, is_training: bool) -> bool:
+    """Whether a layer's batch norm gets the training fold (batch
+    statistics, corrections): in a training rewrite when the batch norm
+    normalizes with batch statistics. A fused batch norm whose op says
+    `is_training` gets it in an eval rewrite too, never frozen, as contrib
+    1.15.3 and later did (an eval graph built with is_training=True);
+    unfused ones follow the rewrite's mode.
+    """
+    return bn.is_training and (is_training or bn.fused)
 
 
 def _validate_layer(record: LayerRecord) -> None:
@@ -118,9 +132,11 @@ def _validate_batch_norm(bn: BatchNormRecord, is_training: bool) -> None:
         raise UnsupportedGraphError(
             "Batch norm '%s' normalizes with batch statistics but no "
             'moving-average update ((moving - batch) * decay) of its mean '
-            'and variance was found, so the training graph cannot be '
-            'folded. Keep the update ops in the graph (UPDATE_OPS) or fold '
-            'an inference-mode batch norm.' % name)
+            'and variance was found, so its training fold (used in an eval '
+            'rewrite too when a fused batch norm says is_training, as in '
+            'contrib) cannot be built. Keep the update ops in the graph '
+            '(UPDATE_OPS), or build the batch norm with is_training=False.'
+            % name)
 
 
 def _validate_one_conv_epsilon(bn: BatchNormRecord) -> None:
@@ -166,8 +182,8 @@ def fold(graph: tf.Graph, records: List[LayerRecord], is_training: bool,
 def _fold_one(graph, record, is_training, freeze_bn_delay, one_conv):
     bn = record.batch_norm
     names = _FoldNames(record)
-    training_fold = is_training and bn.is_training
-    if training_fold and one_conv:
+    training_fold = uses_training_fold(bn, is_training)
+    if training_fold and one_conv and is_training:
         folded = _one_conv_fold(graph, record, names, freeze_bn_delay)
     else:
         folded = _exact_fold(graph, record, names, training_fold,
@@ -221,8 +237,9 @@ def _folded_weights(graph, record: LayerRecord, names, multiplier,
         multiplier = _per_output_channel(multiplier, record, 'scale_reshape')
     with graph_edit.absolute_name_scope(graph, names.layer_scope):
         if corrections is not None:
-            weights = tf.multiply(correction, weights, name='correction_mult')
-        return tf.multiply(weights, multiplier, name='mul_fold')
+            weights = tf.multiply(correction, weights,
+                                  name=CORRECTED_WEIGHTS)
+        return tf.multiply(weights, multiplier, name=FOLDED_WEIGHTS)
 
 
 def _one_conv_fold(graph, record: LayerRecord, names: _FoldNames,
@@ -260,7 +277,8 @@ def _one_conv_fold(graph, record: LayerRecord, names: _FoldNames,
                  tf.identity(scale, name='scale'))
         multiplier = _per_output_channel(scale, record, 'scale_reshape')
     with graph_edit.absolute_name_scope(graph, names.layer_scope):
-        weights = tf.multiply(record.weights, multiplier, name='mul_fold')
+        weights = tf.multiply(record.weights, multiplier,
+                              name=FOLDED_WEIGHTS)
     use_moving = _use_moving_average(graph, freeze_bn_delay)
     _freeze_moving_average(bn.mean_decay, use_moving, 'freeze_moving_mean')
     _freeze_moving_average(bn.variance_decay, use_moving, 'freeze_moving_var')
@@ -400,9 +418,8 @@ def _centred(graph, bn: BatchNormRecord, mean: tf.Tensor,
 def _undo_bessel_correction(graph, bn: BatchNormRecord) -> tf.Tensor:
     """A training-mode fused BN outputs the unbiased batch variance
     (times n / (n - 1)); normalization used the biased one."""
-    bn.op._set_attr(  # pylint: disable=protected-access
-        '_gradient_op_type',
-        tf.compat.v1.AttrValue(s=FOLD_GRADIENT_NAME.encode()))
+    graph_edit.set_attr(bn.op, '_gradient_op_type',
+                        tf.compat.v1.AttrValue(s=FOLD_GRADIENT_NAME.encode()))
     with graph_edit.absolute_name_scope(graph, graph_edit.scope_of(bn.op)):
         n = _elements_per_channel(bn.input, bn.mean)
         return tf.multiply(bn.variance, (n - 1.0) / n,

@@ -27,6 +27,7 @@ import tensorflow as tf
 
 from tf1_quantize import folding
 from tf1_quantize import graph_edit
+from tf1_quantize import names
 from tf1_quantize.patterns import ForwardFoldRecord, LayerRecord
 
 
@@ -61,7 +62,7 @@ def fold_forward(graph: tf.Graph, fold: ForwardFoldRecord, is_training: bool,
                 layer_input, terms.correction, name='corrected_input')
     weights = record.weights
     with graph_edit.absolute_name_scope(graph, record.scope):
-        folded = tf.multiply(weights, scale, name='mul_fold')
+        folded = tf.multiply(weights, scale, name=names.FOLDED_WEIGHTS)
         bias = tf.reduce_sum(weights * offset, _input_axes(record.layer),
                              name='forward_fold_bias')
     graph_edit.reroute(layer_input, bn.output, can_modify=[fold.reader])

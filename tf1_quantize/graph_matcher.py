@@ -36,16 +36,22 @@ class OpTypePattern(Pattern):
         inputs: optional list of patterns (or op-type strings) for the op's
             inputs. When given, the op must have exactly that many inputs.
         ordered_inputs: when False, the input patterns may match in any order.
+        variadic: when True, the first input pattern matches each of the
+            op's leading inputs (one or more: e.g. the parts a ConcatV2
+            joins), the other input patterns its last inputs. Named
+            sub-patterns of the first input refer to the op's input 0.
 
     Raises:
-        ValueError: if more than 8 input patterns are given.
+        ValueError: if more than 8 input patterns are given, or `variadic`
+            is combined with unordered or no inputs.
     """
 
     def __init__(self,
                  op_type: str,
                  name: Optional[str] = None,
                  inputs: Optional[Sequence[Union[Pattern, str]]] = None,
-                 ordered_inputs: bool = True):
+                 ordered_inputs: bool = True,
+                 variadic: bool = False):
         self._op_types = None if op_type == '*' else frozenset(
             op_type.split('|'))
         self.name = name
@@ -57,6 +63,9 @@ class OpTypePattern(Pattern):
             p if isinstance(p, Pattern) else OpTypePattern(p) for p in inputs
         ]
         self._ordered_inputs = ordered_inputs
+        if variadic and (not self._inputs or not ordered_inputs):
+            raise ValueError('A variadic pattern needs ordered inputs.')
+        self._variadic = variadic
 
     def _match(self, op, tensor, bindings):
         if self._op_types is not None and op.type not in self._op_types:
@@ -70,6 +79,8 @@ class OpTypePattern(Pattern):
         if not self._inputs:
             return bindings
         op_inputs = list(op.inputs)
+        if self._variadic:
+            return self._match_variadic(op_inputs, bindings)
         if len(op_inputs) != len(self._inputs):
             return None
         orders = ([self._inputs] if self._ordered_inputs else
@@ -79,6 +90,18 @@ class OpTypePattern(Pattern):
             if result is not None:
                 return result
         return None
+
+    def _match_variadic(self, op_inputs, bindings):
+        repeated = len(op_inputs) - len(self._inputs) + 1
+        if repeated < 1:
+            return None
+        first = self._inputs[0]
+        for extra in op_inputs[1:repeated]:
+            # Checked on its own: the pattern binds the first input only.
+            if first._match(extra.op, extra, bindings) is None:  # pylint: disable=protected-access
+                return None
+        return _match_inputs(self._inputs,
+                             op_inputs[:1] + op_inputs[repeated:], bindings)
 
 
 class OneofPattern(Pattern):

@@ -13,6 +13,7 @@ from typing import List, Optional, Sequence, Set
 import tensorflow as tf
 
 from tf1_quantize import graph_edit
+from tf1_quantize import names
 from tf1_quantize.graph_matcher import GraphMatcher, OneofPattern
 from tf1_quantize.graph_matcher import OpTypePattern as P
 
@@ -24,22 +25,25 @@ ADD = 'Add|AddV2'
 # --- The weights a layer reads -------------------------------------------
 _var = P('Variable|VariableV2')
 _partition_identity = P('Identity', inputs=[_var])
-_partition_concat = P('ConcatV2', inputs=[_partition_identity, '*', '*'])
+# A partitioned variable (`partitioner=`): a ConcatV2 of its parts' reads.
+_partition_read = OneofPattern([_partition_identity, P('ReadVariableOp')])
+_partition_concat = P('ConcatV2', inputs=[_partition_read, 'Const'],
+                      variadic=True)
 _weight_identity = P(
     'Identity',
     name='weight_read',
     inputs=[OneofPattern([_partition_identity, _partition_concat, _var])])
 _weight_resource = P('ReadVariableOp', name='weight_read')
+_weight_concat = P('ConcatV2', name='weight_read',
+                   inputs=[_partition_read, 'Const'], variadic=True)
+_weight_read = OneofPattern(
+    [_weight_identity, _weight_resource, _weight_concat])
 _folded_weight = P('Mul', name='folded_weight')
 
 # --- The layer op and what may directly follow it -------------------------
 _layer = P('|'.join(LAYER_TYPES),
            name='layer',
-           inputs=[
-               '*',
-               OneofPattern(
-                   [_weight_identity, _weight_resource, _folded_weight])
-           ])
+           inputs=['*', OneofPattern([_weight_read, _folded_weight])])
 _batch_to_space = P('BatchToSpaceND',
                     name='batch_to_space',
                     inputs=[_layer, '*', '*'])
@@ -160,10 +164,8 @@ _post_activation_bypass = P(ADD,
                             inputs=['*', _activation],
                             ordered_inputs=False)
 # A conv fed directly by another conv (separable convolution).
-_inner_layer = P(
-    '|'.join(LAYER_TYPES),
-    name='layer',
-    inputs=['*', OneofPattern([_weight_identity, _weight_resource])])
+_inner_layer = P('|'.join(LAYER_TYPES), name='layer',
+                 inputs=['*', _weight_read])
 _sep_conv = P('|'.join(LAYER_TYPES),
               name='sep_conv',
               inputs=[
@@ -203,9 +205,7 @@ _LAYER_MATCHERS = [
 # Its weights are still a variable read (not folded, not constant), so that
 # scaling them per input feature is exact for every value they take.
 _FORWARD_FOLD_LAYER_MATCHER = GraphMatcher(
-    P('Conv2D|MatMul',
-      name='layer',
-      inputs=['*', OneofPattern([_weight_identity, _weight_resource])]))
+    P('Conv2D|MatMul', name='layer', inputs=['*', _weight_read]))
 # Ops that keep the row-major element order between the batch norm and it.
 _FORWARD_FOLD_PATH_TYPES = ('Reshape', 'Identity')
 
@@ -322,7 +322,7 @@ def find_layers(graph: tf.Graph) -> List[LayerRecord]:
         A list of `LayerRecord`s.
     """
     ops = graph.get_operations()
-    bn_inputs = _identities_before_live_batch_norms(ops)
+    bn_inputs = _identities_before_batch_norms(ops)
     records = []
     seen: Set[tf.Operation] = set()
     for matcher in _LAYER_MATCHERS:
@@ -367,19 +367,28 @@ def find_standalone_batch_norms(
 def _is_dead(tensor: tf.Tensor) -> bool:
     """Nothing uses `tensor`, except reshapes nothing uses (the output Reshape
     of a fully connected batch norm folded earlier)."""
-    return all(
-        op.type in ('Reshape', 'Identity') and _is_dead(op.outputs[0])
-        for op in graph_edit.consumers(tensor))
+    pending = [tensor]
+    while pending:
+        for op in graph_edit.consumers(pending.pop()):
+            if op.type not in ('Reshape', 'Identity'):
+                return False
+            pending.append(op.outputs[0])
+    return True
 
 
-def _identities_before_live_batch_norms(
-        ops: Sequence[tf.Operation]) -> Set[str]:
-    """Outputs of Identity ops between a layer and a batch norm in use."""
+def _identities_before_batch_norms(ops: Sequence[tf.Operation]) -> Set[str]:
+    """Outputs of Identity ops between a layer and a batch norm: in use, or
+    folded by an earlier rewrite and read by nothing else (the left-over
+    original layer is then not a layer with an Identity activation)."""
     names = set()
     for match in GraphMatcher(_batch_norm).match_ops(ops):
         bn = match.get_op('fused_bn') or match.get_op('unfused_bn')
         identity = match.get_op('bn_input_identity')
-        if identity is not None and graph_edit.op_consumers(bn):
+        if identity is None:
+            continue
+        own_ops = {bn, match.get_op('bn_scale_mul')}
+        if (graph_edit.op_consumers(bn)
+                or set(graph_edit.op_consumers(identity)) <= own_ops):
             names.add(identity.outputs[0].name)
     return names
 
@@ -392,8 +401,10 @@ def _feeds_batch_norm(match, bn_inputs) -> bool:
 
 
 def _record_from_match(match) -> Optional[LayerRecord]:
-    """Builds the record of one match, or None for a dead batch norm."""
-    if _is_second_layer_of_a_sum(match):
+    """Builds the record of one match, or None for a dead batch norm or the
+    original of a layer an earlier rewrite folded."""
+    if (_is_second_layer_of_a_sum(match)
+            or _was_folded(match.get_op('layer'))):
         return None
     batch_norm = None
     if match.get_op('fused_bn') is not None or match.get_op('unfused_bn'):
@@ -418,6 +429,14 @@ def _record_from_match(match) -> Optional[LayerRecord]:
         activation=activation,
         post_activation_bypass=match.get_op('post_activation_bypass'),
         is_separable_inner=match.get_op('sep_conv') is not None)
+
+
+def _was_folded(layer: tf.Operation) -> bool:
+    """An earlier fold left the layer in place (in training its output still
+    gives the batch statistics) and cloned it to read its folded weights."""
+    return any(op.type == 'Mul' and names.base_name(op.name) in (
+        names.FOLDED_WEIGHTS, names.CORRECTED_WEIGHTS)
+               for op in layer.inputs[1].consumers())
 
 
 def _is_second_layer_of_a_sum(match) -> bool:

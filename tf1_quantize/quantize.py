@@ -7,20 +7,18 @@ that sit between quantized tensors.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-from typing import List, Optional, Sequence, Set
+from typing import Dict, List, Optional, Sequence, Set
 
 import tensorflow as tf
 
 from tf1_quantize import folding
 from tf1_quantize import graph_edit
+from tf1_quantize import names
 from tf1_quantize import quant_ops
 from tf1_quantize.errors import QuantizeError
 from tf1_quantize.patterns import LayerRecord
 
-_FAKE_QUANT_TYPES = ('FakeQuantWithMinMaxVars', 'FakeQuantWithMinMaxArgs',
-                     'FakeQuantWithMinMaxVarsPerChannel')
 # Outputs quantized when computed from quantized tensors: contrib's Add and
 # Mul, plus the ops whose output range older TFLite converters (TF 2.15) do
 # not derive from their input (they leave such ops float).
@@ -76,6 +74,7 @@ class _Inserter:
         self.config = config
         self.quantized_ops: Set[tf.Operation] = set()
         self.inserted: List[InsertedQuant] = []
+        self.names = graph_edit.ScopeNames(graph)
 
     def insert(self, context: str, name: str, producer: tf.Operation, *,
                moving_avg: bool, init_min: float = -6.0,
@@ -92,13 +91,13 @@ class _Inserter:
             return
         if is_followed_by_fake_quant(tensor):
             return
-        prefix = _strip_caller_scope(self.graph,
-                                     graph_edit.join_scope(context, name))
+        prefix = self.names.unique(_strip_caller_scope(
+            self.graph, graph_edit.join_scope(context, name)))
         symmetric = self.config.symmetric if symmetric is None else symmetric
         quantize = (quant_ops.moving_avg_quantize if moving_avg else
                     quant_ops.last_value_quantize)
         extra = {'ema_decay': self.config.ema_decay} if moving_avg else {}
-        with _root_variable_scope(self.graph):
+        with self.graph.as_default(), graph_edit.root_variable_scope():
             quantized = quantize(tensor, name_prefix=prefix,
                                  is_training=self.config.is_training,
                                  num_bits=bits, narrow_range=narrow_range,
@@ -124,16 +123,6 @@ class _Inserter:
                     any(not op.name.startswith(prefix) for op in readers))
 
 
-@contextlib.contextmanager
-def _root_variable_scope(graph: tf.Graph):
-    """Range variables are named after the layer, whatever variable scope the
-    caller has open."""
-    root = tf.compat.v1.VariableScope(reuse=False)
-    with graph.as_default(), tf.compat.v1.variable_scope(
-            root, auxiliary_name_scope=False):
-        yield
-
-
 def _strip_caller_scope(graph: tf.Graph, prefix: str) -> str:
     """Called inside name scope `S` on a model built in `S`, the quantizer
     names must not repeat `S` (spec §3.3 step 3): ops land in `S/prefix`
@@ -153,7 +142,7 @@ def is_followed_by_fake_quant(tensor: tf.Tensor) -> bool:
         if op in seen:
             continue
         seen.add(op)
-        if op.type in _FAKE_QUANT_TYPES:
+        if op.type in names.FAKE_QUANT_TYPES:
             return True
         if op.type in ('Reshape', 'Identity'):
             pending.extend(op.outputs[0].consumers())
@@ -266,8 +255,9 @@ def _quantize_intermediate_ops(inserter: _Inserter) -> None:
     Muls is quantized too. Symmetric ranges are not applied here, as in
     contrib.
     """
+    decided: Dict[tf.Operation, bool] = {}
     for op in inserter.graph.get_operations():
-        if _should_quantize_intermediate(op, inserter.quantized_ops):
+        if _should_quantize_intermediate(op, inserter.quantized_ops, decided):
             inserter.insert(op.name, 'activation_%s_quant' % op.type, op,
                             moving_avg=True,
                             bits=inserter.config.activation_bits,
@@ -275,30 +265,62 @@ def _quantize_intermediate_ops(inserter: _Inserter) -> None:
 
 
 def _should_quantize_intermediate(op: tf.Operation,
-                                  quantized_ops: Set[tf.Operation]) -> bool:
+                                  quantized_ops: Set[tf.Operation],
+                                  decided: Dict[tf.Operation, bool]) -> bool:
+    """Whether `op` is an intermediate op reading a quantized tensor, directly
+    or through other such ops (contrib's recursive rule).
+
+    Evaluated with an explicit stack and memoized in `decided`, so that long
+    Add chains and Add/Mul DAGs cost one visit per op. A decision never
+    changes during the scan: quantizing an op only puts a FakeQuant where a
+    quantized value already was.
+    """
+    stack, visiting = [op], set()
+    while stack:
+        top = stack[-1]
+        if top in decided:
+            stack.pop()
+            continue
+        visiting.add(top)
+        pending = []
+        result = False
+        if _is_intermediate_candidate(top, quantized_ops):
+            for source in (_through_pass_through(t.op) for t in top.inputs):
+                if is_fake_quant_output(source) or decided.get(source):
+                    result = True
+                    break
+                if (source.type in _INTERMEDIATE_TYPES
+                        and source not in decided
+                        and source not in visiting):
+                    pending.append(source)
+        if result or not pending:
+            decided[top] = result
+            visiting.discard(top)
+            stack.pop()
+        else:
+            stack.extend(pending)
+    return decided[op]
+
+
+def _is_intermediate_candidate(op: tf.Operation,
+                               quantized_ops: Set[tf.Operation]) -> bool:
     if op in quantized_ops or op.type not in _INTERMEDIATE_TYPES:
         return False
     if graph_edit.is_skipped(op):
         return False
     readers = graph_edit.op_consumers(op)
-    if len(op.outputs) == 1 and len(readers) == 1 and (
-            readers[0].type in _FUSED_ACTIVATION_TYPES):
-        return False  # TFLite fuses the activation into the op.
-    return any(_comes_from_quantized(t.op, quantized_ops) for t in op.inputs)
+    # TFLite fuses a lone Relu/Relu6 reader into the op.
+    return not (len(op.outputs) == 1 and len(readers) == 1
+                and readers[0].type in _FUSED_ACTIVATION_TYPES)
+
+
+def _through_pass_through(op: tf.Operation) -> tf.Operation:
+    while op.type in _PASS_THROUGH_TYPES and op.inputs:
+        op = op.inputs[0].op
+    return op
 
 
 def is_fake_quant_output(op: tf.Operation) -> bool:
     """Whether `op` outputs a fake-quantized tensor (a FakeQuant, or the
     quant_delay conditional choosing between one and its input)."""
-    return op.type in _FAKE_QUANT_TYPES or 'delayed_quant/Merge' in op.name
-
-
-def _comes_from_quantized(op: tf.Operation,
-                          quantized_ops: Set[tf.Operation]) -> bool:
-    while op.type in _PASS_THROUGH_TYPES and op.inputs:
-        op = op.inputs[0].op
-    if is_fake_quant_output(op):
-        return True
-    if op.type in _INTERMEDIATE_TYPES:
-        return _should_quantize_intermediate(op, quantized_ops)
-    return False
+    return op.type in names.FAKE_QUANT_TYPES or 'delayed_quant/Merge' in op.name

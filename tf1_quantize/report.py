@@ -16,7 +16,7 @@ from tf1_quantize import quantize
 _UNSUPPORTED_LAYER_TYPES = ('Conv3D', 'Conv2DBackpropInput', 'BatchMatMul',
                             'BatchMatMulV2', 'BatchMatMulV3', 'Einsum')
 # The weight producers the layer patterns accept (patterns.py `_layer`).
-_LAYER_WEIGHT_SOURCES = ('Identity', 'ReadVariableOp', 'Mul')
+_LAYER_WEIGHT_SOURCES = ('Identity', 'ReadVariableOp', 'ConcatV2', 'Mul')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +94,63 @@ def find_float_layers(graph: tf.Graph,
             continue
         found.append(FloatOp(op.name, op.type, _float_reason(op)))
     return found
+
+
+def find_function_layers(graph: tf.Graph) -> List[FloatOp]:
+    """Lists the compute ops inside function bodies: the branches and bodies
+    of control flow v2 (`If`, `While`, `Case`) and of `tf.function` calls,
+    nested ones included. The rewrite cannot change a function body, so
+    these stay float.
+
+    Args:
+        graph: the graph to inspect.
+
+    Returns:
+        One `FloatOp` per such op, named `<calling op>/<op in the body>`.
+    """
+    callers = [op for op in graph.get_operations()
+               if _called_functions(op.node_def)]
+    if not callers:
+        return []
+    library = {f.signature.name: f
+               for f in graph.as_graph_def().library.function}
+    found = []
+    for caller in callers:
+        pending = list(_called_functions(caller.node_def))
+        seen = set(pending)
+        while pending:
+            function = library.get(pending.pop())
+            if function is None:
+                continue
+            for node in function.node_def:
+                if node.op in patterns.LAYER_TYPES + _UNSUPPORTED_LAYER_TYPES:
+                    found.append(FloatOp(
+                        '%s/%s' % (caller.name, node.name), node.op,
+                        _FUNCTION_BODY_REASON % (function.signature.name,
+                                                 caller.type, caller.name)))
+                for name in _called_functions(node):
+                    if name not in seen:
+                        seen.add(name)
+                        pending.append(name)
+    return found
+
+
+_FUNCTION_BODY_REASON = (
+    "it is inside function '%s' called by %s op '%s' (control flow v2: "
+    'tf.cond / tf.while_loop, or a tf.function); the rewrite cannot add ops '
+    'to a function body. Build this part with control flow v1: call '
+    'tf.compat.v1.disable_control_flow_v2() before building the model.')
+
+
+def _called_functions(node_def) -> List[str]:
+    """Names of the functions an op calls (`then_branch`, `body`, `f`...)."""
+    called = []
+    for value in node_def.attr.values():
+        if value.HasField('func'):
+            called.append(value.func.name)
+        elif value.HasField('list'):
+            called.extend(f.name for f in value.list.func)
+    return called
 
 
 def _quantized_earlier(op: tf.Operation) -> bool:

@@ -9,6 +9,8 @@ from typing import Optional
 
 import tensorflow as tf
 
+from tf1_quantize import graph_edit
+
 STEP_VARIABLE_NAME = 'fake_quantization_step'
 STEP_TENSOR_NAME = STEP_VARIABLE_NAME + '/Identity:0'
 
@@ -25,7 +27,9 @@ def get_or_create_quantization_step(
     Unlike the original, the variable and its ops are always created at the
     root name scope and root variable scope, so calling this inside a
     `variable_scope` or `name_scope` neither renames the counter nor fails on
-    the next call.
+    the next call. Like the original, the variable is a resource variable
+    if the caller's variable scope says `use_resource` (or leaves it unset
+    under TF2 behaviour), a ref variable otherwise.
 
     Args:
         graph: Graph to look in and create in; the default graph if None.
@@ -46,10 +50,8 @@ def _create_quantization_step(graph: tf.Graph) -> tf.Tensor:
     # The counter is shared by every quantizer in the graph, so it must not
     # pick up the caller's control dependencies or control-flow context
     # (`control_dependencies(None)` clears both).
-    root_variable_scope = tf.compat.v1.VariableScope(reuse=False)
     with (graph.as_default(), graph.control_dependencies(None),
-          graph.name_scope(None),
-          tf.compat.v1.variable_scope(root_variable_scope)):
+          graph.name_scope(None), graph_edit.root_variable_scope()):
         step = tf.compat.v1.get_variable(
             STEP_VARIABLE_NAME,
             shape=[],

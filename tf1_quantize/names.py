@@ -1,0 +1,41 @@
+"""Names of the ops the rewrite creates that later rewrites look for.
+
+contrib fixed these names (tools and checkpoints read them), and a second
+rewrite recognises earlier work by them, so each is spelled here once.
+"""
+
+import re
+
+# The folded weights `w * gamma / sigma` (spec §2.2).
+FOLDED_WEIGHTS = 'mul_fold'
+# Training folds: the weights times `sigma_B / sigma_mv` first.
+CORRECTED_WEIGHTS = 'correction_mult'
+
+_UNIQUIFIER = re.compile(r'_\d+$')
+
+
+def base_name(op_name: str) -> str:
+    """The last part of an op name, without TF's `_<k>` uniquifier suffix:
+    two layers in one name scope get `mul_fold` and `mul_fold_1`."""
+    return _UNIQUIFIER.sub('', op_name.rpartition('/')[2])
+
+# The two rewrite modes, as recorded in REWRITE_COLLECTION.
+TRAINING = 'training'
+EVAL = 'eval'
+# A graph collection holding the mode of the rewrites applied to the graph.
+REWRITE_COLLECTION = 'tf1_quantize_rewrites'
+# The training quantizers' range updates (spec §4): `Assign<Min|Max>Last`
+# (weights) and `Assign<Min|Max>Ema` (activations).
+RANGE_UPDATES = tuple('Assign%s%s' % (bound, kind) for bound in ('Min', 'Max')
+                      for kind in ('Last', 'Ema'))
+# Quantizer scopes end in `_quant` (`weights_quant`, `act_quant_1`, ...).
+_QUANTIZER_SUFFIX = '_quant'
+FAKE_QUANT_TYPES = ('FakeQuantWithMinMaxVars', 'FakeQuantWithMinMaxArgs',
+                    'FakeQuantWithMinMaxVarsPerChannel')
+
+
+def is_quantizer_op(op) -> bool:
+    """Whether `op` is a FakeQuant a rewrite inserted (`<P>_quant/...`)."""
+    scope = op.name.rpartition('/')[0]
+    return (op.type in FAKE_QUANT_TYPES
+            and base_name(scope).endswith(_QUANTIZER_SUFFIX))

@@ -1,0 +1,227 @@
+"""The checks a rewrite passes before it changes anything.
+
+`check_plan` sees the whole plan (every layer record and every batch norm
+the rewrite will touch) and raises on anything the mutation could not
+handle, so an error leaves the graph exactly as it was. The mutation code
+in `folding`, `forward_folding` and `quantize` assumes a checked plan.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+from typing import List, Optional, Sequence
+
+import tensorflow as tf
+
+from tf1_quantize import folding
+from tf1_quantize import names
+from tf1_quantize import patterns
+from tf1_quantize.errors import QuantizeError, UnsupportedGraphError
+
+_OPTIMIZERS = ('Adagrad', 'AdagradDA', 'Adam', 'AddSign', 'CenteredRMSProp',
+               'Ftrl', 'FtrlV2', 'GradientDescent', 'Momentum', 'PowerSign',
+               'ProximalAdagrad', 'ProximalGradientDescent', 'RMSProp')
+_SPARSE_OPTIMIZERS = ('Adadelta', 'Adagrad', 'AdagradDA', 'CenteredRMSProp',
+                      'Ftrl', 'FtrlV2', 'Momentum', 'ProximalAdagrad',
+                      'ProximalGradientDescent', 'RMSProp')
+# The optimizer-apply op types whose presence means the rewrite came too late
+# (the same 47 types contrib checked).
+TRAINING_OP_TYPES = frozenset(
+    ['Apply' + o for o in _OPTIMIZERS] +
+    ['ResourceApply' + o for o in ('Adadelta',) + _OPTIMIZERS] +
+    ['ResourceSparseApply' + o for o in _SPARSE_OPTIMIZERS] +
+    ['SparseApply' + o for o in _SPARSE_OPTIMIZERS])
+_CONDITIONAL_TYPES = ('If', 'StatelessIf', 'Switch')
+# Name scopes of the conditionals a rewrite builds (quant_delay, freeze).
+_OWN_CONDITIONALS = ('delayed_quant/', 'one_conv_fold/')
+_MIN_BITS, _MAX_BITS = 2, 16
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What one rewrite will change.
+
+    Attributes:
+        mode: `names.TRAINING` or `names.EVAL`.
+        quantize: whether FakeQuants are inserted (False: fold only).
+        records: the layers found.
+        forward: the batch norms folded forward.
+        standalone: the batch norms rewritten as affine ops.
+        one_conv_fold: whether training folds take the one-convolution form.
+        per_channel_weights: whether Conv2D weights get per-channel ranges.
+    """
+    mode: str
+    quantize: bool
+    records: List[patterns.LayerRecord]
+    forward: List[patterns.ForwardFoldRecord]
+    standalone: List[patterns.BatchNormRecord]
+    one_conv_fold: bool = False
+    per_channel_weights: bool = False
+
+
+def check_arguments(weight_bits, activation_bits, quant_delay,
+                    freeze_bn_delay, scope) -> None:
+    """Raises `ValueError` for an argument outside what the rewrite takes."""
+    for name, bits in (('weight_bits', weight_bits),
+                       ('activation_bits', activation_bits)):
+        if not _is_int(bits) or not _MIN_BITS <= bits <= _MAX_BITS:
+            raise ValueError('%s must be an integer from %d to %d, got %r.' %
+                             (name, _MIN_BITS, _MAX_BITS, bits))
+    for name, delay in (('quant_delay', quant_delay),
+                        ('freeze_bn_delay', freeze_bn_delay)):
+        if delay is not None and (not _is_int(delay) or delay < 0):
+            raise ValueError('%s must be None or an integer >= 0, got %r.' %
+                             (name, delay))
+    if scope is not None and not isinstance(scope, str):
+        raise ValueError('scope must be a string or None, got %r.' % (scope,))
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_graph(graph: tf.Graph, quantize: bool) -> None:
+    """The checks that need no layer records: run before matching."""
+    if graph.finalized:
+        raise QuantizeError('The graph is finalized; rewrite it before '
+                            'creating a MonitoredSession / finalizing it.')
+    if quantize:
+        found = {op.type for op in graph.get_operations()} & TRAINING_OP_TYPES
+        if found:
+            raise QuantizeError(
+                'Training op found in graph, exiting %s. Call the rewrite '
+                'after building the forward pass and before building the '
+                'optimizer.' % sorted(found))
+
+
+def check_plan(graph: tf.Graph, plan: Plan) -> None:
+    """Raises if any part of `plan` cannot be carried out correctly.
+
+    Raises:
+        QuantizeError: the graph was rewritten before in the other mode.
+        UnsupportedGraphError: naming the op that cannot be rewritten, why,
+            and what to do instead.
+    """
+    _check_previous_rewrite(graph, plan.mode)
+    _check_conditional_layers(graph)
+    _check_outside_control_flow(
+        [r.layer for r in plan.records] +
+        [r.batch_norm.op for r in plan.records if r.batch_norm is not None] +
+        [f.batch_norm.op for f in plan.forward] +
+        [bn.op for bn in plan.standalone])
+    folding.validate(plan.records,
+                     [f.batch_norm for f in plan.forward] + plan.standalone,
+                     plan.mode == names.TRAINING, plan.one_conv_fold)
+    _check_float32(plan)
+    if plan.quantize and plan.per_channel_weights:
+        _check_per_channel_weights(plan.records)
+
+
+def _check_float32(plan: Plan) -> None:
+    computed = [(r.layer, r.weights) for r in plan.records]
+    computed += [(r.layer, r.layer.outputs[0]) for r in plan.records]
+    computed += [(bn.op, bn.input) for bn in plan.standalone]
+    computed += [(f.batch_norm.op, f.batch_norm.input) for f in plan.forward]
+    for op, tensor in computed:
+        if tensor.dtype != tf.float32:
+            raise UnsupportedGraphError(
+                "Op '%s' works on %s tensor '%s'; FakeQuant ops and the "
+                'folding math need float32. Quantize the float32 model.' %
+                (op.name, tensor.dtype.name, tensor.name))
+
+
+def _check_per_channel_weights(records) -> None:
+    for record in records:
+        shape = record.weights.shape
+        if record.layer.type == 'Conv2D' and (shape.rank != 4
+                                              or shape[-1] is None):
+            raise UnsupportedGraphError(
+                "Layer '%s' has weights of shape %s; per_channel_weights "
+                'needs 4-D Conv2D weights with a known output channel '
+                'count. Give the weights a static shape or quantize per '
+                'tensor.' % (record.layer.name, record.weights.shape))
+
+
+def previous_rewrite(graph: tf.Graph) -> Optional[str]:
+    """The mode of an earlier rewrite of `graph`: `names.TRAINING`,
+    `names.EVAL`, or None.
+
+    Read from the collection each rewrite records its mode in; a graph
+    imported from a GraphDef (no collections) is judged by its ops: range
+    updates mean training, FakeQuants of the rewrite without them eval.
+    """
+    recorded = graph.get_collection(names.REWRITE_COLLECTION)
+    if recorded:
+        return recorded[-1]
+    ours = False
+    for op in graph.get_operations():
+        if names.base_name(op.name) in names.RANGE_UPDATES:
+            return names.TRAINING
+        ours = ours or names.is_quantizer_op(op)
+    return names.EVAL if ours else None
+
+
+def record_rewrite(graph: tf.Graph, mode: str) -> None:
+    """Remembers that `graph` was rewritten in `mode` (see
+    `previous_rewrite`)."""
+    if graph.get_collection(names.REWRITE_COLLECTION) != [mode]:
+        graph.clear_collection(names.REWRITE_COLLECTION)
+        graph.add_to_collection(names.REWRITE_COLLECTION, mode)
+
+
+def _check_previous_rewrite(graph: tf.Graph, mode: str) -> None:
+    previous = previous_rewrite(graph)
+    if previous is None or previous == mode:
+        return
+    wanted = ('create_training_graph' if mode == names.TRAINING else
+              'create_eval_graph')
+    raise QuantizeError(
+        'The graph was already rewritten for %s; %s needs a graph that was '
+        'not. Build the model again in a new graph (with is_training=%s) '
+        'and rewrite that one; restore the training checkpoint into it.' %
+        (previous, wanted, mode == names.TRAINING))
+
+
+def _check_conditional_layers(graph: tf.Graph) -> None:
+    """A layer feeding a conditional usually means a batch norm whose
+    `training` flag is a tensor: both branches exist and neither can be
+    folded."""
+    for op in graph.get_operations():
+        if op.type not in patterns.LAYER_TYPES:
+            continue
+        for reader in _layer_readers(op):
+            if (reader.type in _CONDITIONAL_TYPES
+                    and not _is_own_conditional(reader.name)):
+                raise UnsupportedGraphError(
+                    "Layer op '%s' feeds the conditional '%s' (%s), e.g. a "
+                    'batch norm whose training flag is a tensor. Build the '
+                    'training graph with training=True and the eval graph '
+                    'with training=False (Python bools).' %
+                    (op.name, reader.name, reader.type))
+
+
+def _is_own_conditional(name: str) -> bool:
+    return any(scope in name for scope in _OWN_CONDITIONALS)
+
+
+def _check_outside_control_flow(ops: Sequence[tf.Operation]) -> None:
+    """TF1 while loops and conds keep their ops in a control-flow context;
+    ops built outside it cannot read their outputs. A one-convolution fold's
+    layer is inside the fold's own cond; nothing is added next to it."""
+    for op in ops:
+        context = op._get_control_flow_context()  # pylint: disable=protected-access
+        if context is not None and not _is_own_conditional(context.name):
+            raise UnsupportedGraphError(
+                "Op '%s' is inside a %s (TF1 control flow); the rewrite "
+                'cannot add ops to it. Build the layers outside while loops '
+                'and conditionals.' % (op.name, type(context).__name__))
+
+
+def _layer_readers(op: tf.Operation):
+    """Readers of a layer output, looking through Identity and BiasAdd."""
+    readers = list(op.outputs[0].consumers())
+    for reader in list(readers):
+        if reader.type in ('Identity', 'BiasAdd'):
+            readers.extend(reader.outputs[0].consumers())
+    return readers
