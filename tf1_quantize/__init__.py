@@ -14,6 +14,7 @@ from tf1_quantize.api import fold_batch_norms
 from tf1_quantize.api import last_report
 from tf1_quantize.contrib_alias import install_as_contrib
 from tf1_quantize.errors import QuantizeError
+from tf1_quantize.errors import RewriteAbortedError
 from tf1_quantize.errors import UnsupportedGraphError
 
 __all__ = [
@@ -25,5 +26,6 @@ __all__ = [
     'install_as_contrib',
     'last_report',
     'QuantizeError',
+    'RewriteAbortedError',
     'UnsupportedGraphError',
 ]
