@@ -238,6 +238,28 @@ def test_per_layer_finds_the_layer_that_departs():
     assert pool.within_one_lsb < 0.5
 
 
+def test_per_layer_leaves_out_tensors_reused_in_place(monkeypatch, caplog):
+    # TF 2.15's ADD writes its output over its input even when all tensors
+    # are to be preserved; such tensors are recognised by shared memory.
+    model = export.convert_to_tflite(frozen(), INPUT, OUTPUT, tf.uint8)
+    runner = export.interpreter.TfliteRunner(model)
+    runner.allocate(1)
+    # Without preserving, the arena reuses memory.
+    assert runner.shared_tensors()
+    runner = export.interpreter.TfliteRunner(model, preserve_all_tensors=True)
+    runner.allocate(1)
+    assert runner.shared_tensors() == set()
+    pool = [d['index'] for d in runner.interpreter.get_tensor_details()
+            if d['name'] == 'pool']
+    monkeypatch.setattr(export.interpreter.TfliteRunner, 'shared_tensors',
+                        lambda self: set(pool))
+    report = export.compare_with_reference(model, frozen(), INPUT, OUTPUT,
+                                           inputs(8), per_layer=True)
+    assert [layer.name for layer in report.layers] == [
+        name for name in ACTIVATION_QUANTS if not name.startswith('pool/')]
+    assert 'pool/act_quant/FakeQuant' in caplog.text
+
+
 def test_format_layers_table():
     layers = (export.LayerParity('a/act_quant', 'a/Relu', 0.0, 1.0),
               export.LayerParity('b/act_quant', 'b/Relu', 3.0, 0.875))

@@ -7,7 +7,7 @@ convolutions.
 """
 
 import importlib
-from typing import Iterator, Optional, Tuple
+from typing import Iterator, Optional, Set, Tuple
 import warnings
 
 import numpy as np
@@ -151,6 +151,36 @@ class TfliteRunner:
         self.batch_size = None if signature[0] < 0 else int(signature[0])
         self._allocated = None
 
+    def allocate(self, batch_size: int) -> None:
+        """Allocates the tensors for batches of `batch_size` samples."""
+        if self._allocated == batch_size:
+            return
+        in_detail = self.interpreter.get_input_details()[0]
+        if self.batch_size is None:
+            shape = [batch_size] + list(in_detail['shape'][1:])
+            self.interpreter.resize_tensor_input(in_detail['index'], shape)
+        self.interpreter.allocate_tensors()
+        self._allocated = batch_size
+
+    def shared_tensors(self) -> Set[int]:
+        """Indices of allocated tensors that share memory with another one.
+
+        An op that works in place (TF 2.15's ADD does, even with
+        `preserve_all_tensors`) overwrites its input with its output, so
+        such a tensor does not keep its own value after `invoke()`.
+        """
+        owners = {}
+        for detail in self.interpreter.get_tensor_details():
+            try:
+                view = self.interpreter.tensor(detail['index'])()
+            except ValueError:  # A tensor without memory.
+                continue
+            if view.nbytes:
+                owners.setdefault(view.__array_interface__['data'][0],
+                                  []).append(detail['index'])
+        return {index for group in owners.values() if len(group) > 1
+                for index in group}
+
     def run(self, inputs: np.ndarray) -> np.ndarray:
         """Runs one batch (of `batch_size` samples, if fixed).
 
@@ -162,13 +192,7 @@ class TfliteRunner:
         """
         interpreter = self.interpreter
         in_detail = interpreter.get_input_details()[0]
-        if self._allocated != len(inputs):
-            if self.batch_size is None:
-                interpreter.resize_tensor_input(
-                    in_detail['index'],
-                    [len(inputs)] + list(in_detail['shape'][1:]))
-            interpreter.allocate_tensors()
-            self._allocated = len(inputs)
+        self.allocate(len(inputs))
         x = np.asarray(inputs, np.float32)
         if not is_float(in_detail['dtype']):
             x = quantize(x, *in_detail['quantization'], in_detail['dtype'])

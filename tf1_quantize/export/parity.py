@@ -12,8 +12,10 @@ a deep net the output's differences come from.
 import contextlib
 import dataclasses
 import io
-from typing import Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import (Iterable, Iterator, List, Optional, Sequence, Set,
+                    Tuple, Union)
 
+from absl import logging
 import numpy as np
 import tensorflow as tf
 
@@ -259,6 +261,17 @@ def _match_layers(graph_def: tf.compat.v1.GraphDef,
     return layers
 
 
+def _readable(layers: List[_Layer], shared: Set[int]) -> List[_Layer]:
+    """The layers whose TFLite tensor keeps its value after a run."""
+    for layer in layers:
+        if layer.detail['index'] in shared:
+            logging.warning(
+                'Per-layer parity leaves out %s: the interpreter reuses the '
+                'memory of its tensor %s in place.', layer.name,
+                layer.detail['name'])
+    return [layer for layer in layers if layer.detail['index'] not in shared]
+
+
 def compare_with_reference(model: bytes,
                            reference: Reference,
                            input_name: str,
@@ -308,13 +321,18 @@ def compare_with_reference(model: bytes,
             scale, zero_point)
     actual, expected = [], []
     with _reference_session(reference) as session:
-        layers = (_match_layers(session.graph.as_graph_def(),
-                                runner.interpreter) if per_layer else [])
-        fetches = [names.tensor_name(output_name)] + [
-            names.tensor_name(layer.name) for layer in layers]
         batch = (runner.batch_size or
                  _fixed_batch(session.graph, input_name))
-        for part in interpreter_lib.batches(len(inputs), batch):
+        parts = list(interpreter_lib.batches(len(inputs), batch))
+        layers = []
+        if per_layer and parts:
+            runner.allocate(len(inputs[parts[0]]))
+            layers = _readable(_match_layers(session.graph.as_graph_def(),
+                                             runner.interpreter),
+                               runner.shared_tensors())
+        fetches = [names.tensor_name(output_name)] + [
+            names.tensor_name(layer.name) for layer in layers]
+        for part in parts:
             values = session.run(
                 fetches, {names.tensor_name(input_name): ref_inputs[part]})
             actual.append(runner.run(inputs[part]))
