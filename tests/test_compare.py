@@ -173,13 +173,13 @@ def test_cli_prints_the_comparison_and_checks_the_bound(tmp_path, models,
     assert cli.main(args + ['--max_lsb', '1']) == 0
     out = capsys.readouterr().out
     assert '%d samples' % SAMPLES in out
-    assert 'output 1: logits -> logits [3]: argmax agreement' in out
+    assert 'output 1: logits [3]: argmax agreement' in out
     assert 'within --max_lsb 1' in out
     args = ['compare'] + _files(tmp_path, models, images, 'old', 'negated')
     assert cli.main(args) == 0
     assert cli.main(args + ['--max_lsb', '1']) == 2
     captured = capsys.readouterr()
-    assert 'output 0: dense -> dense' in captured.out
+    assert 'output 0: dense [4, 4, 3]: argmax agreement' in captured.out
     assert captured.err.startswith('tf1_quantize compare: error: outputs '
                                    'differ by up to')
     assert '--max_lsb 1' in captured.err

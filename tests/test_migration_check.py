@@ -148,9 +148,10 @@ def test_float_checkpoint_in_an_eval_graph_loses_every_range(saved, tmp_path,
     # 8-bit narrow range over [-6, 6]: 254 steps.
     assert fresh[WEIGHTS].step == pytest.approx(12.0 / 254)
     text = str(report)
-    assert 'LOST %s: starts from [-6, 6] (step 0.0472)' % WEIGHTS in text
-    assert 'weights under 0.0236 in magnitude become 0' in text
-    assert 'LOST %s: starts from [0, 6]' % ACT in text
+    assert '    LOST %s: starts from [-6, 6] (step 0.0472)\n' % WEIGHTS in text
+    assert ('  1 weight range(s) read by the eval graph: weights under half '
+            'a step in magnitude become 0' in text)
+    assert '    LOST %s: starts from [0, 6] (step 0.0235)\n' % ACT in text
     assert 'Verdict: 2 trained quantization value(s) would be LOST' in text
 
     meta = str(tmp_path / 'float.meta')
@@ -193,11 +194,11 @@ def test_eval_checkpoint_loses_the_moving_averages_in_training(saved):
     assert set(fresh) == {ACT}  # The weight range restores.
     assert fresh[ACT].restored and fresh[ACT].lost
     text = str(report)
-    assert ('LOST %s: restored, but its moving-average state is not: the '
-            "first training step replaces it with that batch's range" % ACT
-            in text)
+    assert ("1 activation range(s) restored without their moving-average "
+            "state: the first training step replaces each with that batch's "
+            "range (restore from a training checkpoint" in text)
+    assert '    LOST %s: restored from the checkpoint\n' % ACT in text
     assert 'LOST %s: counts from 0' % STEP in text
-    assert 'restore from a training checkpoint' in text
     assert set(report.assignment_map) == FLOAT_VARIABLES | {
         WEIGHTS + '/min', WEIGHTS + '/max', ACT + '/min', ACT + '/max'}
 

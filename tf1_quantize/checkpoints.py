@@ -53,31 +53,36 @@ class FreshRange:
     restored: bool
     lost: bool
 
+    @property
+    def effect(self) -> str:
+        """What starting over does, the same for every range of its kind."""
+        if self.restored:
+            return ('activation range(s) restored without their moving-'
+                    'average state: the first training step replaces each '
+                    'with that batch\'s range (restore from a training '
+                    'checkpoint, which holds that state, to keep them)')
+        if self.weights and self.training:
+            return ('weight range(s), recomputed from the weights every '
+                    'training step: harmless in training')
+        if self.weights:
+            return ('weight range(s) read by the eval graph: weights under '
+                    'half a step in magnitude become 0 and the rest are '
+                    'coarse, so accuracy collapses')
+        if self.training:
+            return ('activation range(s): the moving average (decay %g, '
+                    'debiased) takes the first batch\'s range, then averages '
+                    'the batches seen; until it settles (a few thousand '
+                    'steps) activations are clipped and rounded unlike the '
+                    'trained model\'s, and accuracy dips' % _EMA_DECAY)
+        return ('activation range(s) read by the eval graph: activations are '
+                'clipped to them and rounded to their step, so accuracy is '
+                'lost wherever the trained range differed')
+
     def __str__(self) -> str:
         low, high = self.initial
-        start = ('restored, but its moving-average state is not: the first '
-                 'training step replaces it with that batch\'s range'
-                 if self.restored else 'starts from [%g, %g] (step %.3g)' %
-                 (low, high, self.step))
-        if self.weights and self.training:
-            effect = ('recomputed from the weights every training step: '
-                      'harmless in training')
-        elif self.weights:
-            effect = ('the eval graph quantizes the weights with it, so '
-                      'weights under %.3g in magnitude become 0 and the rest '
-                      'are coarse: accuracy collapses' % (self.step / 2))
-        elif self.training:
-            effect = ('the moving average (decay %g, debiased) takes the '
-                      'first batch\'s range, then averages the batches seen; '
-                      'until it settles (a few thousand steps) activations '
-                      'are clipped and rounded differently from the trained '
-                      'model, and accuracy dips' % _EMA_DECAY)
-        else:
-            effect = ('the eval graph clips activations to it and rounds '
-                      'them to its step: accuracy is lost wherever the '
-                      'trained range differed')
-        return '%s%s: %s; %s' % ('LOST ' if self.lost else '', self.prefix,
-                                 start, effect)
+        start = ('restored from the checkpoint' if self.restored else
+                 'starts from [%g, %g] (step %.3g)' % (low, high, self.step))
+        return '%s%s: %s' % ('LOST ' if self.lost else '', self.prefix, start)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,15 +164,18 @@ class CheckpointReport:
                      len(self.fresh_ranges), 'holds quantization ranges' if
                      self.quantized_checkpoint else 'holds no quantization '
                      'range: a float checkpoint')]
-        lines += ['  %s' % r for r in self.fresh_ranges]
+        groups = {}
+        for fresh in self.fresh_ranges:
+            groups.setdefault(fresh.effect, []).append(fresh)
+        for effect, members in groups.items():
+            lines.append('  %d %s.' % (len(members), effect))
+            lines += ['    %s' % fresh for fresh in members]
         if self.fresh_step_counter:
             lines.append('  %s%s: counts from 0, so quant_delay and '
-                         'freeze_bn_delay start over' % (
+                         'freeze_bn_delay start over (an eval graph built '
+                         'with quant_delay computes unquantized)' % (
                              'LOST ' if _TRAINING_ONLY_NAMES[0] in self.lost
                              else '', _TRAINING_ONLY_NAMES[0]))
-        if any(r.restored for r in self.fresh_ranges):
-            lines.append('  (restore from a training checkpoint, which holds '
-                         'the moving-average state, to keep those ranges)')
         if self.lost:
             lines.append('Verdict: %d trained quantization value(s) would be '
                          'LOST: %s' % (len(self.lost), ', '.join(self.lost)))

@@ -60,8 +60,9 @@ class OutputDifference:
     within_one_lsb: Optional[float]
 
     def __str__(self) -> str:
-        text = '%s -> %s %s: ' % (self.old_name, self.new_name,
-                                  list(self.shape))
+        names = (self.old_name if self.new_name == self.old_name else
+                 '%s -> %s' % (self.old_name, self.new_name))
+        text = '%s %s: ' % (names, list(self.shape))
         if self.argmax_agreement is not None:
             text += 'argmax agreement %.2f%% of %d, ' % (
                 100 * self.argmax_agreement, self.positions)

@@ -71,7 +71,8 @@ def install_as_contrib() -> None:
     """
     library = sys.modules[_LIBRARY]
     # `tf.compat.v1` and `import tensorflow.compat.v1` can be two objects.
-    parents = [tf, tf.compat.v1, importlib.import_module('tensorflow.compat.v1')]
+    parents = [tf, tf.compat.v1,
+               importlib.import_module('tensorflow.compat.v1')]
     existing = [sys.modules.get(CONTRIB)] + [
         getattr(parent, 'contrib', None) for parent in parents]
     existing = [found for found in existing if found is not None]
