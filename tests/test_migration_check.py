@@ -105,6 +105,7 @@ def test_float_checkpoint_starts_qat_and_maps_the_rest(saved):
     report = checkpoints.check_checkpoint(graph, saved['float'])
     assert report.problems == [] and report.lost == [] and report.ok
     assert not report.quantized_checkpoint and report.fresh_step_counter
+    assert report.training_graph
     fresh = _fresh(report)
     assert set(fresh) == {WEIGHTS, ACT}
     assert fresh[WEIGHTS].training and not fresh[WEIGHTS].lost
@@ -142,7 +143,7 @@ def test_float_checkpoint_in_an_eval_graph_loses_every_range(saved, tmp_path,
     graph, _, _, _ = _model('eval')
     report = checkpoints.check_checkpoint(graph, saved['float'])
     assert report.problems == [] and not report.ok
-    assert report.lost == [ACT, WEIGHTS]
+    assert report.lost == [ACT, WEIGHTS] and not report.training_graph
     fresh = _fresh(report)
     assert not fresh[WEIGHTS].training
     # 8-bit narrow range over [-6, 6]: 254 steps.

@@ -19,7 +19,8 @@ import tensorflow as tf
 
 # Present in training checkpoints only; an eval graph does not read them.
 _TRAINING_ONLY_SUFFIXES = ('/biased', '/local_step')
-_TRAINING_ONLY_NAMES = ('fake_quantization_step',)
+_STEP_COUNTER = 'fake_quantization_step'
+_TRAINING_ONLY_NAMES = (_STEP_COUNTER,)
 _RANGE_SUFFIXES = ('_quant/min', '_quant/max')
 _BN_STATISTIC_SUFFIXES = ('moving_mean', 'moving_variance')
 _OBJECT_KEY_MARK = '.ATTRIBUTES/'
@@ -113,6 +114,7 @@ class CheckpointReport:
             the checkpoint and will count from 0.
         quantized_checkpoint: the checkpoint holds quantization ranges (a
             QAT checkpoint), so ranges starting over lose trained values.
+        training_graph: the graph's quantizers update their ranges.
         assignment_map: `{checkpoint name: graph variable name}` of every
             graph variable the checkpoint can restore, for
             `tf.compat.v1.train.init_from_checkpoint`.
@@ -125,16 +127,16 @@ class CheckpointReport:
     fresh_ranges: List[FreshRange]
     fresh_step_counter: bool
     quantized_checkpoint: bool
+    training_graph: bool
     assignment_map: Dict[str, str]
 
     @property
     def lost(self) -> List[str]:
         """The trained quantization state a restore would lose."""
         lost = [r.prefix for r in self.fresh_ranges if r.lost]
-        if self.fresh_step_counter and (
-                self.quantized_checkpoint or
-                not any(r.training for r in self.fresh_ranges)):
-            lost.append(_TRAINING_ONLY_NAMES[0])
+        if self.fresh_step_counter and (self.quantized_checkpoint or
+                                        not self.training_graph):
+            lost.append(_STEP_COUNTER)
         return lost
 
     @property
@@ -174,8 +176,8 @@ class CheckpointReport:
             lines.append('  %s%s: counts from 0, so quant_delay and '
                          'freeze_bn_delay start over (an eval graph built '
                          'with quant_delay computes unquantized)' % (
-                             'LOST ' if _TRAINING_ONLY_NAMES[0] in self.lost
-                             else '', _TRAINING_ONLY_NAMES[0]))
+                             'LOST ' if _STEP_COUNTER in self.lost else '',
+                             _STEP_COUNTER))
         if self.lost:
             lines.append('Verdict: %d trained quantization value(s) would be '
                          'LOST: %s' % (len(self.lost), ', '.join(self.lost)))
@@ -238,9 +240,11 @@ def check_checkpoint(graph: tf.Graph, checkpoint: str) -> CheckpointReport:
         batch_norm_statistics=_statistics(reader, stored_shapes),
         fresh_ranges=_fresh_ranges(graph, wanted, stored_shapes,
                                    bool(ranges)),
-        fresh_step_counter=(_TRAINING_ONLY_NAMES[0] in wanted and
-                            _TRAINING_ONLY_NAMES[0] not in stored_shapes),
+        fresh_step_counter=(_STEP_COUNTER in wanted and
+                            _STEP_COUNTER not in stored_shapes),
         quantized_checkpoint=bool(ranges),
+        training_graph=any(_is_training(graph, wanted, prefix)
+                           for prefix in _range_prefixes(wanted)),
         assignment_map={name: name for name in sorted(wanted)
                         if name in stored_shapes and name not in unusable})
 
@@ -255,20 +259,17 @@ def _fresh_ranges(graph: tf.Graph, wanted, stored,
                   quantized_checkpoint: bool) -> List[FreshRange]:
     """The graph's ranges that will not start from trained values."""
     fresh = {}
-    for prefix in sorted({name.rsplit('/', 1)[0] for name in wanted
-                          if name.endswith(_RANGE_SUFFIXES)}):
-        ema_state = [name for name in wanted
-                     if name.startswith('%s/%s/' % (prefix, prefix))]
+    for prefix in _range_prefixes(wanted):
         missing = any(prefix + bound not in stored
                       for bound in ('/min', '/max'))
-        if missing or any(name not in stored for name in ema_state):
-            fresh[prefix] = (missing, ema_state)
+        if missing or any(name not in stored
+                          for name in _ema_state(wanted, prefix)):
+            fresh[prefix] = missing
     initial = _initial_ranges(graph, fresh)
     result = []
-    for prefix, (missing, ema_state) in fresh.items():
+    for prefix, missing in fresh.items():
         weights = prefix.rsplit('/', 1)[-1] == _WEIGHTS_QUANTIZER
-        training = bool(ema_state) or _has_op(
-            graph, '%s/%s' % (prefix, _WEIGHTS_TRAINING_OP))
+        training = _is_training(graph, wanted, prefix)
         low, high = initial[prefix]
         result.append(FreshRange(
             prefix=prefix, weights=weights, training=training,
@@ -276,6 +277,23 @@ def _fresh_ranges(graph: tf.Graph, wanted, stored,
             restored=not missing,
             lost=not training or (quantized_checkpoint and not weights)))
     return result
+
+
+def _range_prefixes(wanted) -> List[str]:
+    return sorted({name.rsplit('/', 1)[0] for name in wanted
+                   if name.endswith(_RANGE_SUFFIXES)})
+
+
+def _ema_state(wanted, prefix: str) -> List[str]:
+    """The moving-average variables of quantizer `prefix` (training)."""
+    return [name for name in wanted
+            if name.startswith('%s/%s/' % (prefix, prefix))]
+
+
+def _is_training(graph: tf.Graph, wanted, prefix: str) -> bool:
+    """Whether quantizer `prefix` updates its range."""
+    return bool(_ema_state(wanted, prefix)) or _has_op(
+        graph, '%s/%s' % (prefix, _WEIGHTS_TRAINING_OP))
 
 
 def _initial_ranges(graph: tf.Graph, prefixes) -> Dict[str, Tuple]:

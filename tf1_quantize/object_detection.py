@@ -82,7 +82,8 @@ def build_graph_rewriter(config: Any, is_training: bool
     settings = parse_graph_rewriter(config)
 
     def graph_rewrite_fn(input_graph: Optional[tf.Graph] = None) -> None:
-        graph = input_graph or tf.compat.v1.get_default_graph()
+        graph = (tf.compat.v1.get_default_graph() if input_graph is None
+                 else input_graph)
         bits = dict(weight_bits=settings.weight_bits,
                     activation_bits=settings.activation_bits,
                     symmetric=settings.symmetric)
