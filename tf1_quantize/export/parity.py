@@ -406,8 +406,8 @@ def plot_layers(layers: Sequence[LayerParity], path: str,
     share.plot(depth, [100 * layer.within_one_lsb for layer in layers],
                's--', color='tab:orange', label='within 1 LSB (right, %)')
     share.set_ylabel('% within 1 LSB')
-    figure.legend(loc='lower left')
-    figure.tight_layout()
+    figure.legend(loc='upper center', ncol=2)
+    figure.tight_layout(rect=(0, 0, 1, 0.9))
     buffer = io.BytesIO()
     figure.savefig(buffer, format='png', dpi=100)
     pyplot.close(figure)
