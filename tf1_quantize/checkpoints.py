@@ -312,9 +312,11 @@ def _initial_ranges(graph: tf.Graph, prefixes) -> Dict[str, Tuple]:
 
 def _levels(graph: tf.Graph, prefix: str) -> int:
     """Quantization steps in the range of the quantizer `prefix`."""
-    for op in graph.get_operations():
-        if (op.name.startswith(prefix + '/') and
-                op.type.startswith('FakeQuantWithMinMaxVars')):
+    for op_type in ('FakeQuantWithMinMaxVars',
+                    'FakeQuantWithMinMaxVarsPerChannel'):
+        name = '%s/%s' % (prefix, op_type)
+        if _has_op(graph, name):
+            op = graph.get_operation_by_name(name)
             return 2**op.get_attr('num_bits') - 1 - int(
                 op.get_attr('narrow_range'))
     return 2**8 - 1
