@@ -224,3 +224,32 @@ def test_eval_checkpoint_loses_the_moving_averages_in_training(saved):
         batch_max = np.max(sess.run(relu6, feed))
     assert after == pytest.approx(batch_max, rel=1e-4)  # Debiasing rounds.
     assert abs(after - trained) > 1e-3
+
+
+def test_numbered_quantizers_of_one_scope(tmp_path):
+    # Three layers in one name scope: `weights_quant`, `weights_quant_1`,
+    # ... A float checkpoint into the eval rewrite loses all six ranges.
+    def build():
+        graph = tf.Graph()
+        with graph.as_default():
+            x = v1.placeholder(tf.float32, [2, 6, 6, 3])
+            weights = [v1.get_variable('w%d' % i, [1, 1, 3, 3])
+                       for i in range(3)]
+            with tf.name_scope('block'):
+                for w in weights:
+                    x = tf.nn.relu(tf.nn.conv2d(x, w, 1, 'SAME') + 1.0)
+        return graph
+    path = _save(build(), str(tmp_path / 'float.ckpt'))
+    graph = build()
+    tf1_quantize.create_eval_graph(graph)
+    report = checkpoints.check_checkpoint(graph, path)
+    fresh = _fresh(report)
+    assert sorted(fresh) == sorted(report.lost) == sorted(
+        'block/%s%s' % (kind, suffix) for kind in ('weights_quant',
+                                                   'act_quant')
+        for suffix in ('', '_1', '_2'))
+    assert [p for p, r in sorted(fresh.items()) if r.weights] == [
+        'block/weights_quant', 'block/weights_quant_1',
+        'block/weights_quant_2']
+    assert report.problems == []
+    assert report.assignment_map == {'w0': 'w0', 'w1': 'w1', 'w2': 'w2'}

@@ -12,16 +12,22 @@ instead of trained values, what that does to accuracy, and the exact
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Dict, List, Tuple
 
 import numpy as np
 import tensorflow as tf
 
+from tf1_quantize import names
+
 # Present in training checkpoints only; an eval graph does not read them.
 _TRAINING_ONLY_SUFFIXES = ('/biased', '/local_step')
 _STEP_COUNTER = 'fake_quantization_step'
 _TRAINING_ONLY_NAMES = (_STEP_COUNTER,)
-_RANGE_SUFFIXES = ('_quant/min', '_quant/max')
+# `<P>/min` and `<P>/max` of a quantizer `<P>` (`.../act_quant`,
+# `.../weights_quant_1`, ...), and their moving-average state.
+_RANGE = re.compile(r'_quant(_\d+)?/(min|max)$')
+_EMA_STATE = re.compile(r'_quant(_\d+)?/(min|max)/(biased|local_step)$')
 _BN_STATISTIC_SUFFIXES = ('moving_mean', 'moving_variance')
 _OBJECT_KEY_MARK = '.ATTRIBUTES/'
 _WEIGHTS_QUANTIZER = 'weights_quant'
@@ -251,8 +257,8 @@ def check_checkpoint(graph: tf.Graph, checkpoint: str) -> CheckpointReport:
 
 def _is_quantization_state(name: str) -> bool:
     """A range, its moving-average state or the step counter."""
-    return (name in _TRAINING_ONLY_NAMES or name.endswith(_RANGE_SUFFIXES) or
-            ('_quant/' in name and name.endswith(_TRAINING_ONLY_SUFFIXES)))
+    return (name in _TRAINING_ONLY_NAMES or bool(_RANGE.search(name)) or
+            bool(_EMA_STATE.search(name)))
 
 
 def _fresh_ranges(graph: tf.Graph, wanted, stored,
@@ -268,7 +274,7 @@ def _fresh_ranges(graph: tf.Graph, wanted, stored,
     initial = _initial_ranges(graph, fresh)
     result = []
     for prefix, missing in fresh.items():
-        weights = prefix.rsplit('/', 1)[-1] == _WEIGHTS_QUANTIZER
+        weights = names.base_name(prefix) == _WEIGHTS_QUANTIZER
         training = _is_training(graph, wanted, prefix)
         low, high = initial[prefix]
         result.append(FreshRange(
@@ -281,7 +287,7 @@ def _fresh_ranges(graph: tf.Graph, wanted, stored,
 
 def _range_prefixes(wanted) -> List[str]:
     return sorted({name.rsplit('/', 1)[0] for name in wanted
-                   if name.endswith(_RANGE_SUFFIXES)})
+                   if _RANGE.search(name)})
 
 
 def _ema_state(wanted, prefix: str) -> List[str]:
@@ -374,7 +380,7 @@ def _why_unexpected(name: str, wanted) -> str:
 def _ranges(reader, stored) -> Dict[str, object]:
     """Scalars for per-tensor ranges, lists for per-channel ones."""
     return {name: np.asarray(reader.get_tensor(name)).tolist()
-            for name in stored if name.endswith(_RANGE_SUFFIXES)}
+            for name in stored if _RANGE.search(name)}
 
 
 def _statistics(reader, stored) -> Dict[str, Tuple[float, float, float]]:
