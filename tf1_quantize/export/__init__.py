@@ -15,7 +15,7 @@ The flow this package serves is the one of `tf.contrib.quantize`:
 5. `compare_with_reference` (module `parity`) runs the TFLite model
    (module `interpreter`) and the fake-quant graph on the same inputs and
    measures how far apart they are, in output LSBs, per position and
-   optionally per layer;
+   optionally per layer (module `layers`);
 6. `write_atomic` (module `files`) saves the bytes.
 
 `export_session` (module `session`) does all of that in one call.
@@ -41,12 +41,12 @@ from tf1_quantize.export.freeze import resolve_output_name
 from tf1_quantize.export.interpreter import output_step
 from tf1_quantize.export.interpreter import run_tflite
 from tf1_quantize.export.interpreter import tflite_interpreter
+from tf1_quantize.export.layers import format_layers
+from tf1_quantize.export.layers import LayerParity
+from tf1_quantize.export.layers import plot_layers
 from tf1_quantize.export.parity import compare_with_reference
-from tf1_quantize.export.parity import format_layers
-from tf1_quantize.export.parity import LayerParity
 from tf1_quantize.export.parity import parity_report
 from tf1_quantize.export.parity import ParityReport
-from tf1_quantize.export.parity import plot_layers
 from tf1_quantize.export.parity import Reference
 from tf1_quantize.export.parity import run_reference
 from tf1_quantize.export.ranges import fake_quant_ranges
