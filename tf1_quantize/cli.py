@@ -249,9 +249,9 @@ def _run_export(args):
     if args.per_layer_plot and not args.per_layer:
         raise CliError('--per_layer_plot needs --per_layer')
     inputs = [args.meta] + [p for p in (args.parity_inputs,) if p]
-    for path in (args.out, args.per_layer_plot):
-        if path:
-            export.check_output_path(path, inputs)
+    export.check_output_path(args.out, inputs)
+    if args.per_layer_plot:
+        export.check_output_path(args.per_layer_plot, inputs + [args.out])
     parity_inputs = None
     if args.parity_inputs:
         parity_inputs = np.load(args.parity_inputs, allow_pickle=False)
@@ -282,7 +282,8 @@ def _run_export(args):
     if args.per_layer_plot:
         try:
             print('wrote %s' % export.plot_layers(
-                report.parity.layers, args.per_layer_plot, inputs))
+                report.parity.layers, args.per_layer_plot,
+                inputs + [args.out]))
         except ImportError as error:
             print('tf1_quantize export: no plot: %s' % error,
                   file=sys.stderr)
