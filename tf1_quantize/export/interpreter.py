@@ -60,6 +60,7 @@ def ops_details(interpreter) -> list:
 
 
 def is_float(dtype) -> bool:
+    """True for numpy float16/32/64 dtypes."""
     return np.dtype(dtype).type in _FLOAT_TYPES
 
 
@@ -73,6 +74,7 @@ def quantize(x: np.ndarray, scale: float, zero_point: int,
 
 
 def dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    """`scale * (q - zero_point)` as float32."""
     return ((q.astype(np.float32) - zero_point) * scale).astype(np.float32)
 
 

@@ -38,7 +38,6 @@ class LayerParity:
     within_one_lsb: float
 
 
-
 class LayerDifference:
     """Accumulates one layer's differences over the batches.
 
@@ -53,6 +52,7 @@ class LayerDifference:
         self.comparable = True
 
     def add(self, actual: np.ndarray, expected: np.ndarray) -> None:
+        """Adds one batch: the TFLite tensor (dequantized), the reference."""
         if actual.size != expected.size:
             self.comparable = False
             return
@@ -63,6 +63,7 @@ class LayerDifference:
         self.count += diff.size
 
     def result(self) -> Optional[LayerParity]:
+        """The summary; None if the tensors' sizes differed or nothing ran."""
         if not (self.comparable and self.count):
             return None
         return LayerParity(self.name, self.detail['name'], self.max_lsb,
@@ -77,7 +78,16 @@ def match_layers(graph_def: tf.compat.v1.GraphDef, interpreter,
     the last one first (`conv/Relu6;conv/Conv2D`): the op a FakeQuant reads.
     A model output is named after the graph output, an Identity of the
     FakeQuant. Weight tensors (named after their FakeQuant too) and int32
-    biases are left out.
+    biases are left out, and so are tensors in `shared`
+    (`TfliteRunner.shared_tensors`), whose values do not survive a run.
+
+    Args:
+        graph_def: the fake-quant graph.
+        interpreter: the TFLite interpreter, tensors allocated.
+        shared: indices of tensors whose memory another tensor uses too.
+
+    Returns:
+        One accumulator per layer found in both models, in graph order.
     """
     found = ranges_lib.fake_quant_nodes(graph_def)
     weights = {node.name for node, _, is_weight in found if is_weight}
