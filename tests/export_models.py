@@ -157,7 +157,7 @@ def _conv_bn(x, scope, channels, training, activation):
 
 
 def rewritten_model(training=False, rewrite=True, head='dense', bias=True,
-                    batch=None, seed=0):
+                    batch=None, seed=0, quant_delay=None):
     """Conv-BN-ReLU, Conv-BN-ReLU6, then a head, rewritten by tf1_quantize.
 
     Args:
@@ -169,6 +169,7 @@ def rewritten_model(training=False, rewrite=True, head='dense', bias=True,
         bias: the dense head has a bias (False: a bare final MatMul).
         batch: the input's batch size; None: dynamic.
         seed: weight initialisation seed.
+        quant_delay: passed to the rewrite when not None.
 
     Returns:
         A session with initialized variables and the output tensor name.
@@ -198,7 +199,8 @@ def rewritten_model(training=False, rewrite=True, head='dense', bias=True,
             rewrite_fn = (tf1_quantize.experimental_create_training_graph
                           if training else
                           tf1_quantize.experimental_create_eval_graph)
-            rewrite_fn(graph, symmetric=True)
+            delay = {} if quant_delay is None else {'quant_delay': quant_delay}
+            rewrite_fn(graph, symmetric=True, **delay)
         session = v1.Session(graph=graph)
         session.run(v1.global_variables_initializer())
     return session, y.name

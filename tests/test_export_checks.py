@@ -33,6 +33,16 @@ def test_training_graph_is_refused_first(no_conversion):
                                               'AssignMaxLast'))
 
 
+def test_eval_rewrite_with_a_delay_is_refused_first(no_conversion):
+    session, output = rewritten_model(quant_delay=100)
+    with session, pytest.raises(export.TrainingGraphError) as caught:
+        export.export_session(session, INPUT, output, tf.int8,
+                              input_ranges=INPUT_RANGES)
+    message = str(caught.value)
+    assert 'fake_quantization_step' in message
+    assert 'without quant_delay' in message
+
+
 def test_graph_never_rewritten_is_refused_first(no_conversion):
     session, output = rewritten_model(rewrite=False)
     with session, pytest.raises(export.UnquantizedGraphError) as caught:

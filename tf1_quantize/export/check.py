@@ -13,10 +13,11 @@ from tf1_quantize.export import interpreter
 from tf1_quantize.export import names
 from tf1_quantize.export import ranges as ranges_lib
 
-# Name scopes of the training rewrite's range updates and its step counter.
-_TRAINING_SCOPES = frozenset(['AssignMinEma', 'AssignMinLast',
-                              'AssignMaxEma', 'AssignMaxLast',
-                              'fake_quantization_step'])
+# Name scopes of the training rewrite's range updates.
+_RANGE_UPDATES = frozenset(['AssignMinEma', 'AssignMinLast', 'AssignMaxEma',
+                            'AssignMaxLast'])
+# The delays' step counter, which every run increments.
+_STEP_COUNTER = 'fake_quantization_step'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,21 +71,29 @@ def check_eval_graph(graph_def: tf.compat.v1.GraphDef,
         output_names: output op or tensor names.
 
     Raises:
-        TrainingGraphError: a range update or the delay step counter of a
-            training rewrite feeds the outputs.
+        TrainingGraphError: a range update of a training rewrite, or the
+            step counter of a rewrite with delays, feeds the outputs.
         UnquantizedGraphError: no FakeQuant op feeds the outputs.
     """
     nodes = names.node_map(graph_def)
     reachable = _reachable(nodes, output_names)
-    training = [n for n in reachable if _TRAINING_SCOPES & set(n.split('/'))]
-    if training:
+    updates = [n for n in reachable if _RANGE_UPDATES & set(n.split('/'))]
+    if updates:
         raise errors.TrainingGraphError(
-            f'The graph is a training rewrite: {len(training)} range-update '
-            f'or step-counter op(s) such as {training[0]} feed the outputs, '
-            'and TFLite cannot convert them. Build the model '
-            'again in inference mode in a new graph, rewrite it with '
-            'create_eval_graph (or experimental_create_eval_graph with the '
-            'training options), restore the checkpoint and export that.')
+            f'The graph is a training rewrite: {len(updates)} range-update '
+            f'op(s) such as {updates[0]} feed the outputs, and TFLite cannot '
+            'convert them. Build the model again in inference mode in a new '
+            'graph, rewrite it with create_eval_graph (or '
+            'experimental_create_eval_graph with the training options), '
+            'restore the checkpoint and export that.')
+    if any(n.split('/')[0] == _STEP_COUNTER for n in reachable):
+        raise errors.TrainingGraphError(
+            f'The outputs depend on the step counter {_STEP_COUNTER}, which '
+            'every run increments: the graph was rewritten with quant_delay '
+            '(or freeze_bn_delay), and such a graph cannot be frozen. For '
+            'export, rewrite the inference graph without delays: '
+            'create_eval_graph(), or experimental_create_eval_graph without '
+            'quant_delay (the checkpoint restores the trained ranges).')
     if not any(nodes[n].op in names.FAKE_QUANT_TYPES for n in reachable):
         raise errors.UnquantizedGraphError(
             f'No FakeQuant op feeds {", ".join(names.op_names(output_names))}:'

@@ -8,7 +8,7 @@ class ExportError(ValueError):
 
 
 class TrainingGraphError(ExportError):
-    """The graph to export is a training rewrite (range updates, delays)."""
+    """Training state feeds the outputs: range updates or the delay step."""
 
 
 class UnquantizedGraphError(ExportError):
