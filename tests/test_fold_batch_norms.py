@@ -447,7 +447,8 @@ def test_freeze_delay_structure(case):
     for update, cond in (('AssignMovingAvg', 'freeze_moving_mean'),
                          ('AssignMovingAvg_1', 'freeze_moving_var')):
         decay = _op(built.graph, f'{bn_scope}/{update}/mul').inputs[1]
-        assert decay.op.name.endswith(f'{cond}/Merge'), decay.name
+        assert decay.op.type == 'Select', decay.name
+        assert decay.op.name.endswith(cond), decay.name
     assert not [op.name for op in built.graph.get_operations()
                 if '//' in op.name]
 

@@ -519,17 +519,26 @@ def test_no_delay_builds_nothing(plain_graph, quant_delay):
     assert len(plain_graph.get_operations()) == ops_before
 
 
-def test_delay_names(plain_graph):
+@pytest.mark.parametrize('switch_merge', [False, True],
+                         ids=['select', 'switch_merge'])
+def test_delay_names(plain_graph, switch_merge):
     x = tf.compat.v1.placeholder(tf.float32, [2])
     q = quant_ops.last_value_quantize(x, name_prefix='S/P', is_training=True)
-    delayed = quant_ops.delay_quantization(q, x, 100, 'S/P')
-    assert delayed.name == 'S/P/delayed_quant/Merge:0'
+    with conditionals.switch_merge_conds(switch_merge):
+        delayed = quant_ops.delay_quantization(q, x, 100, 'S/P')
     activate = plain_graph.get_operation_by_name('S/P/activate_quant')
     assert activate.type == 'GreaterEqual'
     assert activate.inputs[0].name == 'fake_quantization_step/Identity:0'
     delay = plain_graph.get_operation_by_name('S/P/activate_quant/y')
     assert delay.get_attr('dtype') == tf.int64
     assert tf.make_ndarray(delay.get_attr('value')) == 100
+    if not switch_merge:
+        assert delayed.name == 'S/P/delayed_quant:0'
+        assert delayed.op.type == 'Select'
+        assert list(delayed.op.inputs) == [activate.outputs[0], q, x]
+        return
+    # contrib's v1 cond, for code that inspects it.
+    assert delayed.name == 'S/P/delayed_quant/Merge:0'
     switch_1 = plain_graph.get_operation_by_name('S/P/delayed_quant/Switch_1')
     switch_2 = plain_graph.get_operation_by_name('S/P/delayed_quant/Switch_2')
     assert switch_1.inputs[0] is q

@@ -126,14 +126,14 @@ def _assert_quantizer(graph, prefix, source, consumers, *, moving_avg,
     assert fq.get_attr('num_bits') == num_bits
     assert fq.get_attr('narrow_range') == narrow_range
     if delay:
-        assert _consumer_names(fq.outputs[0]) == [
-            prefix + '/delayed_quant/Switch_1']
-        quantized = graph.get_tensor_by_name(prefix + '/delayed_quant/Merge:0')
-        # The unquantized branch passes the original tensor through.
-        passthrough = graph.get_operation_by_name(
-            prefix + '/delayed_quant/Switch_2')
-        assert passthrough.inputs[0] is src
+        select = graph.get_operation_by_name(prefix + '/delayed_quant')
+        assert select.type == 'Select'
+        assert _consumer_names(fq.outputs[0]) == [select.name]
+        quantized = select.outputs[0]
+        # Before the delay the original tensor passes through.
+        assert select.inputs[1] is fq.outputs[0] and select.inputs[2] is src
         activate = graph.get_operation_by_name(prefix + '/activate_quant')
+        assert select.inputs[0].op is activate
         assert activate.type == 'GreaterEqual'
         assert activate.inputs[0].name == STEP + '/Identity:0'
         threshold = graph.get_operation_by_name(prefix + '/activate_quant/y')
@@ -464,7 +464,7 @@ def test_no_delay_builds_no_conditional_and_no_counter(name, kwargs):
     _call(name, graph, **kwargs)
     assert STEP not in _global_names(graph)
     assert not [op.name for op in graph.get_operations()
-                if op.type in ('Switch', 'Merge', 'If', 'StatelessIf')
+                if op.type in ('Switch', 'Merge', 'If', 'StatelessIf', 'Select')
                 or 'activate_quant' in op.name or STEP in op.name]
 
 
@@ -508,7 +508,7 @@ def test_eval_graph_vs_training_graph(delay):
                 evaluation.get_operation_by_name(prefix + '/' + FQ)
                 .inputs[0].name,
                 _consumer_names(evaluation.get_tensor_by_name(
-                    prefix + '/delayed_quant/Merge:0')),
+                    prefix + '/delayed_quant:0')),
                 moving_avg=prefix not in RICH_WEIGHT_PREFIXES,
                 is_training=False, delay=delay,
                 narrow_range=prefix in RICH_WEIGHT_PREFIXES)
@@ -1026,10 +1026,10 @@ def test_shared_weights(delay):
     _assert_quantizer(graph, 'shared/weights_quant', 'shared/weights/read:0',
                       ['shared/Conv2D', 'shared_1/Conv2D'], moving_avg=False,
                       narrow_range=True, delay=delay)
-    merges = [op.name for op in graph.get_operations()
-              if op.type == 'Merge' and 'weights_quant' in op.name]
-    assert merges == (['shared/weights_quant/delayed_quant/Merge']
-                      if delay else [])
+    switches = [op.name for op in graph.get_operations()
+                if op.type == 'Select' and 'weights_quant' in op.name]
+    assert switches == (['shared/weights_quant/delayed_quant']
+                        if delay else [])
     assert _fq_prefixes(graph) == {'shared/weights_quant',
                                    'shared/act_quant', 'shared_1/act_quant'}
 

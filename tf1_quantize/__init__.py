@@ -12,6 +12,7 @@ from tf1_quantize.api import experimental_create_eval_graph
 from tf1_quantize.api import experimental_create_training_graph
 from tf1_quantize.api import fold_batch_norms
 from tf1_quantize.api import last_report
+from tf1_quantize.conditionals import switch_merge_conds
 from tf1_quantize.contrib_alias import install_as_contrib
 from tf1_quantize.errors import QuantizeError
 from tf1_quantize.errors import RewriteAbortedError
@@ -25,6 +26,7 @@ __all__ = [
     'fold_batch_norms',
     'install_as_contrib',
     'last_report',
+    'switch_merge_conds',
     'QuantizeError',
     'RewriteAbortedError',
     'UnsupportedGraphError',

@@ -1,10 +1,18 @@
-"""Conditionals that build TF1-style (`Switch`/`Merge`) control flow.
+"""The rewrite's conditionals: selects, or TF1-style `Switch`/`Merge` conds.
 
-The rewrite reproduces the op names of `tf.contrib.quantize` (for example
-`<prefix>/delayed_quant/Merge:0`), and parts of it recognise those names.
-TensorFlow 2.x builds `tf.compat.v1.cond` as a functional `StatelessIf` op
-unless control flow v2 is switched off, so `smart_cond` switches it off for
-the duration of a single call.
+The delay and freeze switches choose between values that are computed
+anyway (contrib's FakeQuant runs during the delay too), so `choose` builds a
+`Select` on the step predicate: the same values and gradients as contrib's
+v1 conds, without their control flow, which costs Grappler and the first
+`session.run` dearly on large graphs. Inside `switch_merge_conds()`,
+`choose` builds contrib's conds instead (op names such as
+`<prefix>/delayed_quant/Switch_1` and `.../Merge`, for code that inspects
+them).
+
+`smart_cond` builds a real v1 cond (only the taken branch runs): TensorFlow
+2.x builds `tf.compat.v1.cond` as a functional `StatelessIf` op unless
+control flow v2 is switched off, so it switches it off for the duration of
+a single call.
 """
 
 import contextlib
@@ -21,6 +29,46 @@ from tensorflow.python.ops import control_flow_util
 # cannot restore each other's state in the wrong order. Reentrant because a
 # branch function may itself call `smart_cond`.
 _CONTROL_FLOW_V1_LOCK = threading.RLock()
+# Whether `choose` builds v1 conds, per thread (see `switch_merge_conds`).
+_STYLE = threading.local()
+
+
+@contextlib.contextmanager
+def switch_merge_conds(enabled: bool = True) -> Iterator[None]:
+    """Makes `choose` build contrib's `Switch`/`Merge` conds in the block
+    (when `enabled`), in this thread."""
+    previous = getattr(_STYLE, 'switch_merge', False)
+    _STYLE.switch_merge = enabled
+    try:
+        yield
+    finally:
+        _STYLE.switch_merge = previous
+
+
+def choose(pred: Union[bool, tf.Tensor],
+           true_fn: Callable[[], tf.Tensor],
+           false_fn: Callable[[], tf.Tensor],
+           name: str) -> tf.Tensor:
+    """`true_fn()` where `pred` holds, else `false_fn()`; both are computed.
+
+    Args:
+        pred: A Python bool, or a scalar boolean tensor.
+        true_fn: Callable returning the tensor to use when `pred` is true.
+        false_fn: Callable returning the tensor to use when `pred` is false
+            (same dtype and shape).
+        name: Name of the `Select` op, or name scope of the v1 cond inside
+            `switch_merge_conds()` (`<name>/Merge:0`).
+
+    Returns:
+        For a Python bool, what the chosen callable returns; otherwise the
+        selected tensor.
+    """
+    if isinstance(pred, bool) or getattr(_STYLE, 'switch_merge', False):
+        return smart_cond(pred, true_fn, false_fn, name=name)
+    # `Select` with a scalar condition picks a whole tensor; its gradient is
+    # three ops (SelectV2's also reduces over broadcast axes).
+    return tf.raw_ops.Select(condition=pred, x=true_fn(), y=false_fn(),
+                             name=name)
 
 
 @contextlib.contextmanager

@@ -469,13 +469,13 @@ def _corrections(graph, bn: BatchNormRecord, stats: _Statistics,
         _freeze_moving_average(bn.mean_decay, use_moving, 'freeze_moving_mean')
         _freeze_moving_average(bn.variance_decay, use_moving,
                                'freeze_moving_var')
-        recip = conditionals.smart_cond(use_moving,
-                                        lambda: _constant_like(reciprocal, 1.0),
-                                        lambda: reciprocal,
-                                        name='correction_recip')
-        offset = conditionals.smart_cond(use_moving, lambda: offset,
-                                         lambda: _constant_like(offset, 0.0),
-                                         name='correction_offset')
+        recip = conditionals.choose(use_moving,
+                                    lambda: _constant_like(reciprocal, 1.0),
+                                    lambda: reciprocal,
+                                    name='correction_recip')
+        offset = conditionals.choose(use_moving, lambda: offset,
+                                     lambda: _constant_like(offset, 0.0),
+                                     name='correction_offset')
     return _Corrections(scale=scale, recip=recip, offset=offset)
 
 
@@ -490,8 +490,8 @@ def _constant_like(tensor: tf.Tensor, value: float) -> tf.Tensor:
 def _use_moving_average(graph, freeze_bn_delay):
     if freeze_bn_delay is None:
         return False
-    step = step_counter.get_or_create_quantization_step(graph)
-    return tf.greater_equal(step, tf.constant(freeze_bn_delay, tf.int64),
+    step = step_counter.delay_step(graph)
+    return tf.greater_equal(step, tf.constant(freeze_bn_delay, step.dtype),
                             name='use_moving_average')
 
 
@@ -500,9 +500,8 @@ def _freeze_moving_average(decay: tf.Tensor, use_moving, name: str) -> None:
     if isinstance(use_moving, bool):
         return
     readers = graph_edit.consumers(decay)
-    frozen = conditionals.smart_cond(use_moving,
-                                     lambda: tf.zeros_like(decay),
-                                     lambda: decay, name=name)
+    frozen = conditionals.choose(use_moving, lambda: tf.zeros_like(decay),
+                                 lambda: decay, name=name)
     graph_edit.reroute(frozen, decay, can_modify=readers)
 
 
@@ -600,13 +599,12 @@ def rewrite_as_affine(graph: tf.Graph, bn: BatchNormRecord, is_training: bool,
                                    'freeze_moving_mean')
             _freeze_moving_average(bn.variance_decay, use_moving,
                                    'freeze_moving_var')
-            mean = conditionals.smart_cond(use_moving,
-                                           lambda: stats.moving_mean,
-                                           lambda: mean, name='mean')
-            variance = conditionals.smart_cond(use_moving,
-                                               lambda: stats.moving_variance,
-                                               lambda: variance,
-                                               name='variance')
+            mean = conditionals.choose(use_moving,
+                                       lambda: stats.moving_mean,
+                                       lambda: mean, name='mean')
+            variance = conditionals.choose(use_moving,
+                                           lambda: stats.moving_variance,
+                                           lambda: variance, name='variance')
         multiplier = _scale(bn.gamma, variance, bn.epsilon)
         offset = tf.subtract(bn.beta, mean * multiplier, name='offset')
         # Only the multiply reads this copy, so its FakeQuant affects only it.

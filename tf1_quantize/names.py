@@ -39,3 +39,15 @@ def is_quantizer_op(op) -> bool:
     scope = op.name.rpartition('/')[0]
     return (op.type in FAKE_QUANT_TYPES
             and base_name(scope).endswith(_QUANTIZER_SUFFIX))
+
+
+# The quant_delay switch of a quantizer `<P>`: `<P>/delayed_quant`, a
+# Select, or with contrib's conds the scope of `<P>/delayed_quant/Merge`.
+DELAYED_QUANT = 'delayed_quant'
+
+
+def is_delayed_quant(op) -> bool:
+    """Whether `op` outputs a quantizer's delay switch (either form)."""
+    if op.type == 'Merge':
+        return DELAYED_QUANT + '/Merge' in op.name
+    return op.type == 'Select' and base_name(op.name) == DELAYED_QUANT

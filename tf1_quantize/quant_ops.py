@@ -23,6 +23,7 @@ from typing import Callable, List, Optional, Tuple
 import tensorflow as tf
 
 from tf1_quantize import conditionals
+from tf1_quantize import names
 from tf1_quantize import step_counter
 
 _GLOBAL_VARIABLES = tf.compat.v1.GraphKeys.GLOBAL_VARIABLES
@@ -156,10 +157,10 @@ def delay_quantization(quantized: tf.Tensor,
     """Passes `original` through until the step counter reaches the delay.
 
     Builds `<name_prefix>/activate_quant` (step >= quant_delay, on the counter
-    of `step_counter`) and a v1 conditional `<name_prefix>/delayed_quant`
-    choosing `quantized` once active and `original` before. Both inputs are
-    built outside the conditional, so range updates keep running during the
-    delay.
+    of `step_counter`) and `<name_prefix>/delayed_quant` choosing `quantized`
+    once active and `original` before (`conditionals.choose`: a select, or
+    contrib's v1 cond). Both inputs are built outside it, so range updates
+    keep running during the delay.
 
     Args:
         quantized: The FakeQuant output.
@@ -170,7 +171,8 @@ def delay_quantization(quantized: tf.Tensor,
 
     Returns:
         `quantized` itself when there is no delay (nothing is built),
-        otherwise `<name_prefix>/delayed_quant/Merge:0`.
+        otherwise `<name_prefix>/delayed_quant:0` (`.../Merge:0` inside
+        `conditionals.switch_merge_conds()`).
 
     Raises:
         TypeError: If `quant_delay` is not None or an integer.
@@ -179,13 +181,13 @@ def delay_quantization(quantized: tf.Tensor,
     _check_quant_delay(quant_delay)
     if not quant_delay:
         return quantized
-    step = step_counter.get_or_create_quantization_step(quantized.graph)
+    step = step_counter.delay_step(quantized.graph)
     # The delay becomes the int64 constant `<name_prefix>/activate_quant/y`.
     activate = tf.math.greater_equal(step, quant_delay,
                                      name=name_prefix + '/activate_quant')
-    return conditionals.smart_cond(
+    return conditionals.choose(
         activate, lambda: quantized, lambda: original,
-        name=name_prefix + '/delayed_quant')
+        name=name_prefix + '/' + names.DELAYED_QUANT)
 
 
 def _check_quant_delay(quant_delay: Optional[int]) -> None:

@@ -15,6 +15,7 @@ import tensorflow as tf
 from tf1_quantize import folding
 from tf1_quantize import graph_edit
 from tf1_quantize import names
+from tf1_quantize import placement
 from tf1_quantize import quant_ops
 from tf1_quantize.errors import QuantizeError
 from tf1_quantize.patterns import LayerRecord
@@ -67,7 +68,11 @@ class InsertedQuant:
 
 
 class _Inserter:
-    """Inserts FakeQuants for one rewrite; remembers what it quantized."""
+    """Inserts FakeQuants for one rewrite; remembers what it quantized.
+
+    The range variables of the next quantizers go to `device` (that of the
+    weights of the layer being quantized, see `placement`).
+    """
 
     def __init__(self, graph: tf.Graph, config: QuantizeConfig):
         self.graph = graph
@@ -75,6 +80,9 @@ class _Inserter:
         self.quantized_ops: Set[tf.Operation] = set()
         self.inserted: List[InsertedQuant] = []
         self.names = graph_edit.ScopeNames(graph)
+        self.device = ''
+        # The device of each quantizer, by the op that outputs its result.
+        self._devices: Dict[tf.Operation, str] = {}
 
     def insert(self, context: str, name: str, producer: tf.Operation, *,
                moving_avg: bool, init_min: float = -6.0,
@@ -97,7 +105,8 @@ class _Inserter:
         quantize = (quant_ops.moving_avg_quantize if moving_avg else
                     quant_ops.last_value_quantize)
         extra = {'ema_decay': self.config.ema_decay} if moving_avg else {}
-        with self.graph.as_default(), graph_edit.root_variable_scope():
+        with (self.graph.as_default(), graph_edit.root_variable_scope(),
+              placement.variables_on(self.device)):
             quantized = quantize(tensor, name_prefix=prefix,
                                  is_training=self.config.is_training,
                                  num_bits=bits, narrow_range=narrow_range,
@@ -112,6 +121,15 @@ class _Inserter:
             raise QuantizeError('No inputs quantized for ops: %s' %
                                 [op.name for op in readers])
         self.inserted.append(InsertedQuant(quantized.op.name, tensor.name))
+        self._devices[output.op] = self.device
+
+    def device_of_inputs(self, op: tf.Operation) -> str:
+        """The device of the first quantizer `op` reads ('' if none)."""
+        for tensor in op.inputs:
+            device = self._devices.get(_through_pass_through(tensor.op))
+            if device is not None:
+                return device
+        return ''
 
     def _in_scope(self, producer, readers, filter_producer, filter_consumers):
         prefix = self.config.scope_prefix
@@ -151,14 +169,21 @@ def is_followed_by_fake_quant(tensor: tf.Tensor) -> bool:
 
 def quantize_layers(graph: tf.Graph, records: Sequence[LayerRecord],
                     affines: Sequence[folding.AffineBatchNorm],
-                    config: QuantizeConfig) -> List[InsertedQuant]:
+                    config: QuantizeConfig,
+                    weight_devices: Sequence[str]) -> List[InsertedQuant]:
     """Inserts the FakeQuants of every layer, then of intermediate ops.
+
+    The range variables of a layer go to the device of its weights; those of
+    an affine batch norm to the device of its parameters; those of an
+    intermediate op to the device of the first quantizer it reads.
 
     Args:
         graph: the graph to rewrite in place.
         records: the layers (already folded) found in the graph.
         affines: the batch norms rewritten as affine ops.
         config: the rewrite's parameters.
+        weight_devices: the device of each record's weight variable (read
+            before folding, see `placement.variable_device`).
 
     Returns:
         The FakeQuants inserted, in order.
@@ -167,9 +192,13 @@ def quantize_layers(graph: tf.Graph, records: Sequence[LayerRecord],
         QuantizeError: if consumers could not be rerouted.
     """
     inserter = _Inserter(graph, config)
-    for record in records:
+    for record, device in zip(records, weight_devices):
+        inserter.device = device
         _quantize_layer(inserter, record)
     for affine in affines:
+        bn = affine.batch_norm
+        inserter.device = placement.variable_device(
+            bn.beta if bn.gamma is None else bn.gamma)
         _quantize_affine(inserter, affine)
     _quantize_intermediate_ops(inserter)
     return inserter.inserted
@@ -258,6 +287,7 @@ def _quantize_intermediate_ops(inserter: _Inserter) -> None:
     decided: Dict[tf.Operation, bool] = {}
     for op in inserter.graph.get_operations():
         if _should_quantize_intermediate(op, inserter.quantized_ops, decided):
+            inserter.device = inserter.device_of_inputs(op)
             inserter.insert(op.name, 'activation_%s_quant' % op.type, op,
                             moving_avg=True,
                             bits=inserter.config.activation_bits,
@@ -323,4 +353,4 @@ def _through_pass_through(op: tf.Operation) -> tf.Operation:
 def is_fake_quant_output(op: tf.Operation) -> bool:
     """Whether `op` outputs a fake-quantized tensor (a FakeQuant, or the
     quant_delay conditional choosing between one and its input)."""
-    return op.type in names.FAKE_QUANT_TYPES or 'delayed_quant/Merge' in op.name
+    return op.type in names.FAKE_QUANT_TYPES or names.is_delayed_quant(op)
