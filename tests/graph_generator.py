@@ -93,6 +93,11 @@ class Layer:
         share: index of the node whose weight variable this layer reads.
         const_weights: the weights are a ``tf.constant`` (not quantizable).
         bn_updates: a training-mode batch norm updates its moving averages.
+        identity: an Identity between the layer and its batch norm.
+        partitions: 0, or the number of parts of a partitioned weight
+            variable (split along the output channels).
+        unscoped: the layer's ops are built in the root name scope (its
+            variables keep their own scope), beside other such layers.
     """
     src: int
     kind: str
@@ -108,6 +113,9 @@ class Layer:
     share: Optional[int] = None
     const_weights: bool = False
     bn_updates: bool = True
+    identity: bool = False
+    partitions: int = 0
+    unscoped: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,7 +158,14 @@ class Norm:
     bn_updates: bool = True
 
 
-Node = Union[Layer, Add, Concat, Pool, Reshape, Norm]
+@dataclasses.dataclass(frozen=True)
+class Chain:
+    """`depth` levels of ``s = s + s * 0.5`` (an Add/Mul DAG)."""
+    src: int
+    depth: int
+
+
+Node = Union[Layer, Add, Concat, Pool, Reshape, Norm, Chain]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,7 +239,7 @@ def node_shape(node: Node, shapes: List[Tuple[int, ...]]) -> Tuple[int, ...]:
     if isinstance(node, Concat):
         a, b = shapes[node.a], shapes[node.b]
         return a[:-1] + (a[-1] + b[-1],)
-    if isinstance(node, Norm):
+    if isinstance(node, (Norm, Chain)):
         return shapes[node.src]
     if isinstance(node, Pool):
         n, h, w, c = shapes[node.src]
@@ -300,7 +315,8 @@ def _layer(draw, shapes, nodes, src, hazards, after_norm=False):
     sharable = [
         k for k, n in enumerate(nodes)
         if isinstance(n, Layer) and n.kind == kind and n.share is None
-        and not n.const_weights and shapes[n.src][-1] == in_shape[-1]
+        and not n.const_weights and not n.partitions
+        and shapes[n.src][-1] == in_shape[-1]
     ]
     if sharable and not after_norm and draw(st.booleans()):
         share = draw(st.sampled_from(sharable))
@@ -342,9 +358,15 @@ def _layer(draw, shapes, nodes, src, hazards, after_norm=False):
     const_weights = hazards and share is None and draw(
         st.integers(0, 5)) == 0
     bn_updates = not (hazards and bn and draw(st.integers(0, 3)) == 0)
+    identity = bool(bn) and draw(st.integers(0, 3)) == 0
+    partitions = 0
+    if share is None and not const_weights and kind in ('conv', 'fc'):
+        partitions = draw(st.sampled_from((0, 0, 2, 3)))
+    unscoped = bypass is None and draw(st.integers(0, 3)) == 0
     layer = dataclasses.replace(
         layer, bn=bn, bn_scale=bn_scale, bias=bias, activation=activation,
-        bypass=bypass, const_weights=const_weights, bn_updates=bn_updates)
+        bypass=bypass, const_weights=const_weights, bn_updates=bn_updates,
+        identity=identity, partitions=partitions, unscoped=unscoped)
     return ([flatten] if flatten else []) + [layer]
 
 
@@ -394,6 +416,7 @@ def graph_descriptions(draw, max_layers: int = 4, hazards: bool = False):
                 options.append('add')
             if _pairs(shapes, lambda a, b: a[:-1] == b[:-1]):
                 options.append('concat')
+            options.append('chain')
         choice = draw(st.sampled_from(options))
         if choice == 'layer':
             src = draw(_source(list(range(len(shapes)))))
@@ -411,6 +434,9 @@ def graph_descriptions(draw, max_layers: int = 4, hazards: bool = False):
                 new += draw(_layer(shapes + [node_shape(new[0], shapes)],
                                    nodes + new, len(shapes), hazards,
                                    after_norm=True))
+        elif choice == 'chain':
+            src = draw(_source(list(range(len(shapes)))))
+            new = [Chain(src, draw(st.integers(1, 6)))]
         elif choice == 'concat':
             a, b = draw(st.sampled_from(
                 _pairs(shapes, lambda a, b: a[:-1] == b[:-1])[::-1]))
@@ -576,8 +602,12 @@ def _layer_op(values, node, x, weights_by_node, index):
         value = values.normal(shape, scale)
         name = 'weights' if node.kind in ('conv', 'fc') else (
             'depthwise_weights')
-        weights = (tf.constant(value, name=name) if node.const_weights else
-                   graph_builders.variable(name, value))
+        if node.const_weights:
+            weights = tf.constant(value, name=name)
+        elif node.partitions:
+            weights = _partitioned_variable(name, value, node.partitions)
+        else:
+            weights = graph_builders.variable(name, value)
     weights_by_node[index] = weights
     if node.kind == 'conv':
         s = node.stride
@@ -593,16 +623,34 @@ def _layer_op(values, node, x, weights_by_node, index):
                                            dilations=[2, 2], name='depthwise')
 
 
+def _partitioned_variable(name, value, parts):
+    """A variable in `parts` parts along the last axis, holding `value`;
+    returns the tensor a layer reads (the concatenation of the parts)."""
+    def initializer(shape, dtype=tf.float32, partition_info=None):
+        offset = (partition_info.var_offset if partition_info is not None
+                  else [0] * len(shape))
+        part = value[tuple(slice(o, o + s) for o, s in zip(offset, shape))]
+        return tf.constant(part, dtype)
+
+    variable = v1.get_variable(
+        name, value.shape, tf.float32, initializer,
+        partitioner=v1.fixed_size_partitioner(parts, value.ndim - 1))
+    return tf.convert_to_tensor(variable)
+
+
 def _build_layer(values, node, index, tensors, weights_by_node, training,
                  resource):
     name = 'L%d' % index
     x = tensors[node.src]
-    with v1.variable_scope(name, use_resource=resource) as outer:
+    with v1.variable_scope(name, use_resource=resource,
+                           auxiliary_name_scope=not node.unscoped) as outer:
         inner = (v1.variable_scope(name, use_resource=resource)
                  if node.bypass is not None else _null_scope())
         with inner:
             weights, y = _layer_op(values, node, x, weights_by_node, index)
             bn_vars, biases, updates = (None,) * 4, None, []
+            if node.identity:
+                y = tf.identity(y, name='Identity')
             if node.bn:
                 y, bn_vars, updates = contrib_batch_norm(values, node, y, training)
             elif node.bias:
@@ -639,6 +687,11 @@ def _build_norm(values, node, index, tensors, training, resource):
 
 def _build_other(node, index, tensors):
     with tf.name_scope('N%d' % index):
+        if isinstance(node, Chain):
+            s = tensors[node.src]
+            for _ in range(node.depth):
+                s = tf.add(s, s * 0.5)
+            return s
         if isinstance(node, Add):
             return tf.add(tensors[node.a], tensors[node.b], name='add')
         if isinstance(node, Concat):

@@ -548,24 +548,41 @@ def check_checkpoint_restores_into_eval_graph(
         with evaluation.graph.as_default():
             variables = v1.global_variables()
             restorer = v1.train.Saver(variables)
-        missing = [v.op.name for v in variables if v.op.name not in saved]
+        keys = {v.op.name: _saved_key_and_shape(v) for v in variables}
+        missing = [k for k, (key, _) in keys.items() if key not in saved]
         assert not missing, _explain(
             desc, '%r then %r: eval variables missing from the training '
             'checkpoint: %s' % (training_call, eval_call, missing))
-        wrong = [(v.op.name, v.shape.as_list(), saved[v.op.name])
-                 for v in variables
-                 if v.shape.as_list() != list(saved[v.op.name])]
+        wrong = [(key, shape, saved[key]) for key, shape in keys.values()
+                 if shape != list(saved[key])]
         assert not wrong, _explain(desc, 'shape mismatches %s' % wrong)
         with gen.session(evaluation.graph) as sess:
             restorer.restore(sess, path)
             restored = sess.run({v.op.name: v for v in variables})
             outputs = sess.run(evaluation.outputs(), evaluation.feed)
-        for name, value in restored.items():
-            np.testing.assert_array_equal(value, reader.get_tensor(name),
-                                          err_msg=name)
+        for v in variables:
+            np.testing.assert_array_equal(restored[v.op.name],
+                                          _saved_value(reader, v),
+                                          err_msg=v.op.name)
     for value in outputs:
         assert np.all(np.isfinite(value)), _explain(
             desc, 'non-finite eval output after restore')
+
+
+def _saved_key_and_shape(variable):
+    """A part of a partitioned variable is saved as a slice of the whole."""
+    info = variable._save_slice_info  # pylint: disable=protected-access
+    if info is None:
+        return variable.op.name, variable.shape.as_list()
+    return info.full_name, list(info.full_shape)
+
+
+def _saved_value(reader, variable):
+    info = variable._save_slice_info  # pylint: disable=protected-access
+    if info is None:
+        return reader.get_tensor(variable.op.name)
+    return reader.get_tensor(info.full_name)[tuple(
+        slice(o, o + n) for o, n in zip(info.var_offset, info.var_shape))]
 
 
 # ---------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import tensorflow as tf
 import graph_generator as gen
 
 import tf1_quantize
+from tf1_quantize import checkpoints
 from tf1_quantize import quant_ops
 
 v1 = tf.compat.v1
@@ -415,3 +416,18 @@ def test_a_failure_during_mutation_restores_what_the_graph_computes(
     with graph.as_default(), v1.Session() as sess:
         sess.run(v1.global_variables_initializer())
         np.testing.assert_array_equal(sess.run(y, _feed(x)), expected)
+
+
+@pytest.mark.parametrize('resource', [True, False], ids=['resource', 'ref'])
+def test_check_finds_partitioned_weights_in_the_checkpoint(resource,
+                                                          tmp_path):
+    graph, _, _ = _partitioned_model(True, resource, 3)
+    tf1_quantize.create_training_graph(graph)
+    with graph.as_default(), v1.Session() as sess:
+        sess.run(v1.global_variables_initializer())
+        path = v1.train.Saver().save(sess, str(tmp_path / 'model'))
+    eval_graph, _, _ = _partitioned_model(False, resource, 3)
+    tf1_quantize.create_eval_graph(eval_graph)
+    report = checkpoints.check_checkpoint(eval_graph, path)
+    assert report.ok, str(report)
+    assert not [p for p in report.problems if 'weights' in p.name]

@@ -346,9 +346,17 @@ def _reader(checkpoint: str):
 
 
 def _graph_variables(graph: tf.Graph) -> Dict[str, Tuple[list, tf.DType]]:
-    variables = graph.get_collection(tf.compat.v1.GraphKeys.GLOBAL_VARIABLES)
-    return {v.op.name: (v.shape.as_list(), v.dtype.base_dtype)
-            for v in variables}
+    """`{checkpoint key: (shape, dtype)}`; the parts of a partitioned variable
+    are saved together, under the whole variable's name and shape."""
+    found = {}
+    for v in graph.get_collection(tf.compat.v1.GraphKeys.GLOBAL_VARIABLES):
+        info = v._save_slice_info  # pylint: disable=protected-access
+        if info is None:
+            found[v.op.name] = (v.shape.as_list(), v.dtype.base_dtype)
+        else:
+            found[info.full_name] = (list(info.full_shape),
+                                     v.dtype.base_dtype)
+    return found
 
 
 def _why_missing(name: str, stored) -> str:
