@@ -175,9 +175,9 @@ def test_fixed_batch_that_does_not_divide_the_inputs_is_named():
 # ----------------------------------------------------------- dense output
 
 
-def _frozen_segmentation_model():
+def _frozen_segmentation_model(labels=False):
     """FakeQuant input -> 1x1 conv to 3 classes -> FakeQuant: per-pixel
-    logits [N, 6, 6, 3]."""
+    logits [N, 6, 6, 3], or with `labels` their ArgMax [N, 6, 6]."""
     graph = tf.Graph()
     with graph.as_default():
         x = v1.placeholder(tf.float32, [None, 6, 6, 1], name=INPUT)
@@ -186,7 +186,10 @@ def _frozen_segmentation_model():
                          True)
         y = tf.nn.conv2d(x, w, 1, 'SAME', name='seg/Conv2D')
         y = fake_quant(y, -3.0, 3.0, 'seg/act_quant/FakeQuant')
-        tf.identity(y, name=OUTPUT)
+        if labels:
+            tf.argmax(y, -1, name=OUTPUT)
+        else:
+            tf.identity(y, name=OUTPUT)
         with v1.Session(graph=graph) as session:
             session.run(v1.global_variables_initializer())
             return export.freeze_session(session, OUTPUT)
@@ -200,6 +203,29 @@ def test_segmentation_output_is_compared_per_pixel():
     assert report.argmax_positions == 4 * 6 * 6
     assert report.argmax_agreement >= 0.99
     assert report.within_one_lsb >= 0.99
+
+
+def test_label_output_is_compared_label_by_label():
+    graph_def = _frozen_segmentation_model(labels=True)
+    model = export.convert_to_tflite(graph_def, INPUT, OUTPUT, tf.int8)
+    assert export.output_step(model) is None
+    report = export.compare_with_reference(model, graph_def, INPUT, OUTPUT,
+                                           inputs(4))
+    assert report.labels and report.output_scale is None
+    assert report.argmax_positions == 4 * 6 * 6
+    assert report.argmax_agreement >= 0.99
+    assert '(labels)' in str(report)
+
+
+def test_parity_report_of_labels():
+    report = export.parity_report(np.array([[0, 1], [2, 2]]),
+                                  np.array([[0, 1], [2, 1]]), None,
+                                  labels=True)
+    assert (report.argmax_positions, report.argmax_agreement) == (4, 0.75)
+    assert report.max_abs_diff == 1.0
+    with pytest.raises(ValueError, match='no quantization step'):
+        export.parity_report(np.zeros([1, 2]), np.zeros([1, 2]), 1.0,
+                             labels=True)
 
 
 # -------------------------------------------------------------- per layer

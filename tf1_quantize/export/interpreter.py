@@ -110,10 +110,11 @@ def output_step(model: bytes) -> Optional[float]:
 
     Returns:
         The step; for a float output, the step of the tensor its DEQUANTIZE
-        reads, or None if no DEQUANTIZE writes it.
+        reads, or None if no DEQUANTIZE writes it; None for an integer
+        output that is not quantized (e.g. the labels of an ArgMax).
     """
     quantization = boundary_quantization(tflite_interpreter(model), 'output')
-    return quantization[0] if quantization else None
+    return quantization[0] if quantization and quantization[0] > 0 else None
 
 
 def batches(num_samples: int, batch_size: Optional[int]) -> Iterator[slice]:
@@ -139,7 +140,7 @@ class TfliteRunner:
     """Runs a one-input, one-output TFLite model on float batches.
 
     An integer input is fed the inputs quantized with the model's input
-    scale and zero point; an integer output is dequantized.
+    scale and zero point; a quantized output is dequantized.
 
     Attributes:
         interpreter: the interpreter (see `tflite_interpreter`).
@@ -203,9 +204,9 @@ class TfliteRunner:
         return self.tensor(interpreter.get_output_details()[0])
 
     def tensor(self, detail: dict) -> np.ndarray:
-        """A tensor of the latest run as floats (dequantized if integer)."""
+        """A tensor of the latest run, dequantized if it is quantized."""
         value = self.interpreter.get_tensor(detail['index'])
-        if is_float(detail['dtype']):
+        if is_float(detail['dtype']) or not detail['quantization'][0]:
             return value
         return dequantize(value, *detail['quantization'])
 

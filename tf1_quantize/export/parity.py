@@ -48,6 +48,9 @@ class ParityReport:
             positions of one output).
         exact_argmax_agreement: share of positions with the same argmax.
         layers: per-layer parity, in graph order (empty unless asked for).
+        labels: the output holds class labels (an integer output that is
+            not quantized, such as an ArgMax's); each value is a position,
+            agreeing when the labels are equal.
     """
     num_samples: int
     argmax_agreement: float
@@ -59,13 +62,15 @@ class ParityReport:
     argmax_positions: int = 0
     exact_argmax_agreement: float = 0.0
     layers: Tuple[layers_lib.LayerParity, ...] = ()
+    labels: bool = False
 
     def __str__(self) -> str:
         text = (f'argmax agreement {100 * self.argmax_agreement:.2f}% of '
                 f'{self.argmax_positions} positions (exact '
                 f'{100 * self.exact_argmax_agreement:.2f}%), ')
         if self.output_scale is None:
-            text += f'max |diff| {self.max_abs_diff:.4g} (float output)'
+            kind = 'labels' if self.labels else 'float output'
+            text += f'max |diff| {self.max_abs_diff:.4g} ({kind})'
         else:
             text += (f'max diff {self.max_diff_lsb:.2f} LSB, '
                      f'{100 * self.within_one_lsb:.2f}% within 1 LSB')
@@ -77,8 +82,27 @@ def _by_position(values: np.ndarray) -> np.ndarray:
     return values.reshape(-1, values.shape[-1] if values.ndim > 1 else 1)
 
 
+def _argmax_agreement(actual: np.ndarray, expected: np.ndarray,
+                      step: Optional[float]) -> Tuple[np.ndarray, np.ndarray]:
+    """Per position: (same argmax, TFLite's class within a step of the top).
+
+    Without a step, both are plain argmax equality.
+    """
+    rows_a, rows_e = _by_position(actual), _by_position(expected)
+    if step is None:
+        exact = np.argmax(rows_a, axis=-1) == np.argmax(rows_e, axis=-1)
+        return exact, exact
+    # On the output grid, ties are exact in both models.
+    rows_a, rows_e = np.round(rows_a / step), np.round(rows_e / step)
+    picked = np.argmax(rows_a, axis=-1)
+    chosen = rows_e[np.arange(len(rows_e)), picked]
+    return (picked == np.argmax(rows_e, axis=-1),
+            chosen >= np.max(rows_e, axis=-1) - 1)
+
+
 def parity_report(actual: np.ndarray, expected: np.ndarray,
-                  step: Optional[float]) -> ParityReport:
+                  step: Optional[float],
+                  labels: bool = False) -> ParityReport:
     """Summarizes the difference of two output batches.
 
     Args:
@@ -86,13 +110,16 @@ def parity_report(actual: np.ndarray, expected: np.ndarray,
         expected: outputs of the reference, same shape.
         step: one output quantization step (LSB); None for a float output
             (the step-based fields are then None, argmax is plain argmax).
+        labels: the outputs are class labels already (an integer output
+            such as an ArgMax's): every value is a position, and positions
+            agree when their labels are equal. Needs `step` None.
 
     Returns:
         A `ParityReport` (without layers).
 
     Raises:
-        ValueError: if the shapes differ, the batch is empty or the step is
-            not positive.
+        ValueError: if the shapes differ, the batch is empty, the step is
+            not positive or given with labels.
     """
     actual = np.asarray(actual, np.float64)
     expected = np.asarray(expected, np.float64)
@@ -103,21 +130,18 @@ def parity_report(actual: np.ndarray, expected: np.ndarray,
         raise ValueError('Parity needs at least one sample.')
     if step is not None and not step > 0:
         raise ValueError(f'Output step must be positive, got {step}')
+    if labels and step is not None:
+        raise ValueError('Labels have no quantization step.')
     abs_diff = np.abs(actual - expected)
-    rows_a, rows_e = _by_position(actual), _by_position(expected)
     max_diff = mean_diff = within = None
     if step is not None:
         diff = abs_diff / step
         max_diff, mean_diff = float(np.max(diff)), float(np.mean(diff))
         within = float(np.mean(diff <= layers_lib.ONE_LSB))
-        # On the output grid, ties are exact in both models.
-        rows_a, rows_e = np.round(rows_a / step), np.round(rows_e / step)
-    picked = np.argmax(rows_a, axis=-1)
-    exact = picked == np.argmax(rows_e, axis=-1)
-    agree = exact
-    if step is not None:
-        chosen = rows_e[np.arange(len(rows_e)), picked]
-        agree = chosen >= np.max(rows_e, axis=-1) - 1
+    if labels:
+        exact = agree = (actual == expected).reshape(-1)
+    else:
+        exact, agree = _argmax_agreement(actual, expected, step)
     return ParityReport(
         num_samples=len(actual),
         argmax_agreement=float(np.mean(agree)),
@@ -126,8 +150,9 @@ def parity_report(actual: np.ndarray, expected: np.ndarray,
         mean_diff_lsb=mean_diff,
         within_one_lsb=within,
         output_scale=None if step is None else float(step),
-        argmax_positions=len(rows_a),
-        exact_argmax_agreement=float(np.mean(exact)))
+        argmax_positions=len(exact),
+        exact_argmax_agreement=float(np.mean(exact)),
+        labels=labels)
 
 
 # -------------------------------------------------------------- running
@@ -248,9 +273,12 @@ def compare_with_reference(model: bytes,
                 layer.add(runner.tensor(layer.detail), value)
     if not actual:
         raise ValueError('Parity needs at least one sample.')
-    step = interpreter_lib.boundary_quantization(runner.interpreter,
-                                                 'output')
+    output = interpreter_lib.boundary_quantization(runner.interpreter,
+                                                   'output')
+    step = output[0] if output and output[0] > 0 else None
+    labels = output is not None and not (
+        output[0] > 0 or interpreter_lib.is_float(output[2]))
     report = parity_report(np.concatenate(actual), np.concatenate(expected),
-                           step[0] if step else None)
+                           step, labels)
     return dataclasses.replace(report, layers=tuple(
         r for r in (layer.result() for layer in layers) if r))
