@@ -17,6 +17,7 @@ import graph_generator as gen
 
 import tf1_quantize
 from tf1_quantize import checkpoints
+from tf1_quantize import cli
 from tf1_quantize import quant_ops
 
 v1 = tf.compat.v1
@@ -431,3 +432,18 @@ def test_check_finds_partitioned_weights_in_the_checkpoint(resource,
     report = checkpoints.check_checkpoint(eval_graph, path)
     assert report.ok, str(report)
     assert not [p for p in report.problems if 'weights' in p.name]
+
+
+@pytest.mark.parametrize('rewrite', ['none', 'train'])
+def test_check_names_layers_in_control_flow_v2(rewrite, tmp_path, capsys):
+    graph = _control_flow_v2_model('cond')
+    with graph.as_default(), v1.Session() as sess:
+        sess.run(v1.global_variables_initializer())
+        path = v1.train.Saver().save(sess, str(tmp_path / 'model'))
+        v1.train.export_meta_graph(str(tmp_path / 'model.meta'))
+    status = cli.main(['check', '--meta', str(tmp_path / 'model.meta'),
+                       '--checkpoint', path, '--rewrite', rewrite])
+    out = capsys.readouterr().out
+    line = [l for l in out.splitlines() if 'stays float' in l]
+    assert len(line) == 1 and 'disable_control_flow_v2' in line[0], out
+    assert status == 0

@@ -33,6 +33,7 @@ from tf1_quantize import checkpoints
 from tf1_quantize import compare
 from tf1_quantize import export
 from tf1_quantize import graph_def as graph_def_lib
+from tf1_quantize import report as report_lib
 
 _EXIT_ERROR = 2
 
@@ -190,8 +191,13 @@ def _run_check(args):
         rewrite = (api.experimental_create_training_graph if is_training
                    else api.experimental_create_eval_graph)
         rewrite(graph, **_rewrite_kwargs(args, is_training))
+        float_ops = api.last_report(graph).float_ops
+    else:
+        float_ops = report_lib.find_function_layers(graph)
     report = checkpoints.check_checkpoint(graph, args.checkpoint)
     print(report)
+    for op in float_ops:  # Their weights restore, but stay float.
+        print('  %s' % op)
     failures = []
     if report.problems:
         failures.append('%d variable(s) would not restore from %s: %s' % (

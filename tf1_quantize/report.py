@@ -26,6 +26,10 @@ class FloatOp:
     type: str
     reason: str
 
+    def __str__(self) -> str:
+        return 'stays float: %s (%s): %s' % (self.name, self.type,
+                                             self.reason)
+
 
 @dataclasses.dataclass
 class RewriteReport:
@@ -68,8 +72,7 @@ class RewriteReport:
                   for name in self.affine]
         lines += ['  quantized %s with %s' % (q.tensor, q.name)
                   for q in self.fake_quants]
-        lines += ['  stays float: %s (%s): %s' % (f.name, f.type, f.reason)
-                  for f in self.float_ops]
+        lines += ['  %s' % f for f in self.float_ops]
         return '\n'.join(lines)
 
 
