@@ -254,7 +254,7 @@ def _run_export(args):
         raise CliError('--per_layer needs --parity_inputs')
     if args.per_layer_plot and not args.per_layer:
         raise CliError('--per_layer_plot needs --per_layer')
-    inputs = [args.meta] + [p for p in (args.parity_inputs,) if p]
+    inputs = [args.meta] + ([args.parity_inputs] if args.parity_inputs else [])
     export.check_output_path(args.out, inputs)
     if args.per_layer_plot:
         export.check_output_path(args.per_layer_plot, inputs + [args.out])
