@@ -17,11 +17,14 @@ from tf1_quantize import forward_folding
 from tf1_quantize import graph_edit
 from tf1_quantize import names
 from tf1_quantize import patterns
+from tf1_quantize import placement
 from tf1_quantize import quantize
 from tf1_quantize import report as report_lib
+from tf1_quantize import step_counter
 from tf1_quantize import validation
 from tf1_quantize.errors import RewriteAbortedError
 
+_CONTRIB_COUNTER = step_counter.FAKE_QUANTIZATION_STEP
 _LAST_REPORTS: 'weakref.WeakKeyDictionary[tf.Graph, report_lib.RewriteReport]' = (
     weakref.WeakKeyDictionary())
 
@@ -75,7 +78,9 @@ def experimental_create_training_graph(input_graph: Optional[tf.Graph] = None,
                                        scope: Optional[str] = None,
                                        *,
                                        per_channel_weights: bool = False,
-                                       one_conv_fold: bool = False) -> None:
+                                       one_conv_fold: bool = False,
+                                       delay_counter: str = _CONTRIB_COUNTER
+                                       ) -> None:
     """`create_training_graph` with every parameter exposed.
 
     Args:
@@ -93,6 +98,11 @@ def experimental_create_training_graph(input_graph: Optional[tf.Graph] = None,
         one_conv_fold: fold training batch norms with one convolution per
             layer (batch statistics from the folded convolution's output)
             instead of contrib's two; not in contrib, off by default.
+        delay_counter: what `quant_delay` and `freeze_bn_delay` count:
+            'fake_quantization_step' (contrib's counter of session runs that
+            evaluate the model, shared by every worker that runs it) or
+            'global_step' (the graph's global step, which must exist; for
+            SyncReplicasOptimizer and multi-worker jobs).
 
     Raises:
         TypeError: if `input_graph` is not a `tf.Graph`.
@@ -102,7 +112,7 @@ def experimental_create_training_graph(input_graph: Optional[tf.Graph] = None,
              activation_bits=activation_bits, symmetric=symmetric,
              quant_delay=quant_delay, freeze_bn_delay=freeze_bn_delay,
              scope=scope, per_channel_weights=per_channel_weights,
-             one_conv_fold=one_conv_fold)
+             one_conv_fold=one_conv_fold, delay_counter=delay_counter)
 
 
 def experimental_create_eval_graph(input_graph: Optional[tf.Graph] = None,
@@ -112,7 +122,9 @@ def experimental_create_eval_graph(input_graph: Optional[tf.Graph] = None,
                                    quant_delay: Optional[int] = None,
                                    scope: Optional[str] = None,
                                    *,
-                                   per_channel_weights: bool = False) -> None:
+                                   per_channel_weights: bool = False,
+                                   delay_counter: str = _CONTRIB_COUNTER
+                                   ) -> None:
     """`create_eval_graph` with every parameter exposed.
 
     Args:
@@ -125,6 +137,8 @@ def experimental_create_eval_graph(input_graph: Optional[tf.Graph] = None,
         scope: only quantize ops under this name scope (folding is global).
         per_channel_weights: as for `experimental_create_training_graph`;
             must match the training graph (the range variables differ).
+        delay_counter: what `quant_delay` counts, as for
+            `experimental_create_training_graph`.
 
     Raises:
         TypeError: if `input_graph` is not a `tf.Graph`.
@@ -133,14 +147,17 @@ def experimental_create_eval_graph(input_graph: Optional[tf.Graph] = None,
     _rewrite(input_graph, is_training=False, weight_bits=weight_bits,
              activation_bits=activation_bits, symmetric=symmetric,
              quant_delay=quant_delay, scope=scope,
-             per_channel_weights=per_channel_weights)
+             per_channel_weights=per_channel_weights,
+             delay_counter=delay_counter)
 
 
 def fold_batch_norms(graph: Optional[tf.Graph] = None,
                      is_training: bool = True,
                      freeze_bn_delay: Optional[int] = None,
                      *,
-                     one_conv_fold: bool = False) -> report_lib.RewriteReport:
+                     one_conv_fold: bool = False,
+                     delay_counter: str = _CONTRIB_COUNTER
+                     ) -> report_lib.RewriteReport:
     """Folds every batch norm into the layer before it, without quantizing.
 
     A batch norm that follows no layer is folded forward into the layer
@@ -154,6 +171,8 @@ def fold_batch_norms(graph: Optional[tf.Graph] = None,
         freeze_bn_delay: steps after which the training fold switches to the
             moving statistics; None never switches.
         one_conv_fold: see `experimental_create_training_graph`.
+        delay_counter: what `freeze_bn_delay` counts, see
+            `experimental_create_training_graph`.
 
     Returns:
         A `RewriteReport` of what was folded.
@@ -164,17 +183,21 @@ def fold_batch_norms(graph: Optional[tf.Graph] = None,
     """
     return _rewrite(graph, is_training=is_training,
                     freeze_bn_delay=freeze_bn_delay,
-                    one_conv_fold=one_conv_fold, quantize_layers=False)
+                    one_conv_fold=one_conv_fold, quantize_layers=False,
+                    delay_counter=delay_counter)
 
 
 def _rewrite(input_graph, *, is_training, weight_bits=8, activation_bits=8,
              symmetric=False, quant_delay=None, freeze_bn_delay=None,
              scope=None, per_channel_weights=False, one_conv_fold=False,
-             quantize_layers=True) -> report_lib.RewriteReport:
+             quantize_layers=True,
+             delay_counter=_CONTRIB_COUNTER) -> report_lib.RewriteReport:
     graph = _resolve_graph(input_graph)
     validation.check_arguments(weight_bits, activation_bits, quant_delay,
-                               freeze_bn_delay, scope)
+                               freeze_bn_delay, scope, delay_counter)
     validation.check_graph(graph, quantize_layers)
+    validation.check_delay_counter(graph, delay_counter, quant_delay,
+                                   freeze_bn_delay)
     records = patterns.find_layers(graph)
     forward, standalone = _split_standalone(graph, records, quantize_layers)
     plan = validation.Plan(
@@ -185,14 +208,19 @@ def _rewrite(input_graph, *, is_training, weight_bits=8, activation_bits=8,
     validation.check_plan(graph, plan)
     layers = [r.layer.name for r in records]
     folded = [r.layer.name for r in records if r.batch_norm is not None]
+    weight_devices = [placement.variable_device(r.weights) for r in records]
+    # The step counter goes with the global step, else with the first layer.
+    step_device = next(iter(weight_devices), '')
     config = quantize.QuantizeConfig(
         is_training=is_training, weight_bits=weight_bits,
         activation_bits=activation_bits, symmetric=symmetric,
         quant_delay=quant_delay, scope=scope,
         per_channel_weights=bool(per_channel_weights))
     try:
-        with graph.as_default(), graph_edit.transaction(graph):
-            inserted = _mutate(graph, plan, config, freeze_bn_delay)
+        with (graph.as_default(), graph_edit.transaction(graph),
+              step_counter.delay_clock(graph, delay_counter, step_device)):
+            inserted = _mutate(graph, plan, config, freeze_bn_delay,
+                               weight_devices)
             validation.record_rewrite(graph, plan.mode)
     except Exception as error:  # pylint: disable=broad-except
         raise RewriteAbortedError(
@@ -219,8 +247,9 @@ def _rewrite(input_graph, *, is_training, weight_bits=8, activation_bits=8,
 
 
 def _mutate(graph: tf.Graph, plan: validation.Plan,
-            config: quantize.QuantizeConfig, freeze_bn_delay):
-    """Folds and quantizes as `plan` says.
+            config: quantize.QuantizeConfig, freeze_bn_delay, weight_devices):
+    """Folds and quantizes as `plan` says (`weight_devices`: see
+    `quantize.quantize_layers`).
 
     Returns:
         The FakeQuants inserted.
@@ -237,7 +266,8 @@ def _mutate(graph: tf.Graph, plan: validation.Plan,
     ]
     if not plan.quantize:
         return []
-    return quantize.quantize_layers(graph, plan.records, affines, config)
+    return quantize.quantize_layers(graph, plan.records, affines, config,
+                                    weight_devices)
 
 
 def _split_standalone(graph: tf.Graph, records, quantize_layers: bool):

@@ -17,6 +17,7 @@ import tensorflow as tf
 from tf1_quantize import folding
 from tf1_quantize import names
 from tf1_quantize import patterns
+from tf1_quantize import step_counter
 from tf1_quantize.errors import QuantizeError, UnsupportedGraphError
 
 _OPTIMIZERS = ('Adagrad', 'AdagradDA', 'Adam', 'AddSign', 'CenteredRMSProp',
@@ -36,6 +37,11 @@ _CONDITIONAL_TYPES = ('If', 'StatelessIf', 'Switch')
 # Name scopes of the conditionals a rewrite builds (quant_delay, freeze).
 _OWN_CONDITIONALS = ('delayed_quant/', 'one_conv_fold/')
 _MIN_BITS, _MAX_BITS = 2, 16
+# The public names of strategy classes named otherwise.
+_STRATEGY_NAMES = {
+    'CollectiveAllReduceStrategy': 'MultiWorkerMirroredStrategy',
+    'CollectiveAllReduceStrategyV1': 'MultiWorkerMirroredStrategy',
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +67,9 @@ class Plan:
 
 
 def check_arguments(weight_bits, activation_bits, quant_delay,
-                    freeze_bn_delay, scope) -> None:
+                    freeze_bn_delay, scope,
+                    delay_counter=step_counter.FAKE_QUANTIZATION_STEP
+                    ) -> None:
     """Raises `ValueError` for an argument outside what the rewrite takes."""
     for name, bits in (('weight_bits', weight_bits),
                        ('activation_bits', activation_bits)):
@@ -75,6 +83,10 @@ def check_arguments(weight_bits, activation_bits, quant_delay,
                              (name, delay))
     if scope is not None and not isinstance(scope, str):
         raise ValueError('scope must be a string or None, got %r.' % (scope,))
+    if delay_counter not in step_counter.DELAY_COUNTERS:
+        raise ValueError('delay_counter must be one of %s, got %r.' %
+                         (', '.join(map(repr, step_counter.DELAY_COUNTERS)),
+                          delay_counter))
 
 
 def _is_int(value) -> bool:
@@ -86,6 +98,7 @@ def check_graph(graph: tf.Graph, quantize: bool) -> None:
     if graph.finalized:
         raise QuantizeError('The graph is finalized; rewrite it before '
                             'creating a MonitoredSession / finalizing it.')
+    _check_no_distribution_strategy(graph)
     if quantize:
         found = {op.type for op in graph.get_operations()} & TRAINING_OP_TYPES
         if found:
@@ -93,6 +106,51 @@ def check_graph(graph: tf.Graph, quantize: bool) -> None:
                 'Training op found in graph, exiting %s. Call the rewrite '
                 'after building the forward pass and before building the '
                 'optimizer.' % sorted(found))
+
+
+def check_delay_counter(graph: tf.Graph, delay_counter: str, quant_delay,
+                        freeze_bn_delay) -> None:
+    """Delays counted in global steps need the graph's global step."""
+    if (delay_counter == step_counter.GLOBAL_STEP
+            and (quant_delay or freeze_bn_delay is not None)
+            and tf.compat.v1.train.get_global_step(graph) is None):
+        raise QuantizeError(
+            "delay_counter='global_step' compares quant_delay and "
+            'freeze_bn_delay with the global step, and the graph has none. '
+            'Create it before the rewrite '
+            '(tf.compat.v1.train.get_or_create_global_step()) and pass it '
+            'to the optimizer.')
+
+
+def _check_no_distribution_strategy(graph: tf.Graph) -> None:
+    """A tf.distribute strategy (MirroredStrategy and the like) builds one
+    copy of the model per replica with variables the rewrite cannot create
+    or update consistently: refused, with what works instead."""
+    with graph.as_default():
+        strategy = (tf.distribute.get_strategy()
+                    if tf.distribute.has_strategy() else None)
+    if strategy is not None:
+        name = type(strategy).__name__
+        where = 'inside the scope of a %s' % _STRATEGY_NAMES.get(name, name)
+    else:
+        distributed = [
+            v for v in graph.get_collection(
+                tf.compat.v1.GraphKeys.GLOBAL_VARIABLES)
+            if isinstance(v, tf.distribute.DistributedValues)]
+        if not distributed:
+            return
+        where = ("on a graph built with a tf.distribute strategy (variable "
+                 "'%s' is a %s)" % (distributed[0].name,
+                                    type(distributed[0]).__name__))
+    raise UnsupportedGraphError(
+        'The rewrite was called %s. tf.distribute strategies (Mirrored'
+        'Strategy, MultiWorkerMirroredStrategy, ...) are not supported: '
+        'their per-replica variables and aggregated updates cannot be '
+        'created consistently by a graph rewrite. What works: one device '
+        'per process, with between-graph replication for several '
+        '(tf.compat.v1.train.replica_device_setter and '
+        'MonitoredTrainingSession, optionally with SyncReplicasOptimizer; '
+        'see the README, "Distributed training").' % where)
 
 
 def check_plan(graph: tf.Graph, plan: Plan) -> None:

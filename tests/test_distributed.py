@@ -1,0 +1,171 @@
+"""Distributed training: real localhost clusters, placement, delay counters.
+
+The cluster tests run each task as a subprocess (`cluster_task.py`: one
+parameter server and two workers on free 127.0.0.1 ports) under a hard
+timeout, so a hang fails the test instead of blocking the suite.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import tensorflow as tf
+
+import cluster_task
+import graph_builders as gb
+import quantize_builders as qb
+import tf1_quantize
+
+v1 = tf.compat.v1
+_TASK = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                     'cluster_task.py')
+_TIMEOUT_S = 90
+_STEPS = 8
+
+
+def _free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(('127.0.0.1', 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def _start(spec, directory, name):
+    spec = dict(spec, out=os.path.join(directory, name + '.json'))
+    log = open(os.path.join(directory, name + '.log'), 'w')
+    process = subprocess.Popen([sys.executable, _TASK, json.dumps(spec)],
+                               stdout=log, stderr=subprocess.STDOUT)
+    return process, spec['out'], log.name
+
+
+def _run(directory, scenario, **spec):
+    """Runs the tasks of `scenario` and returns each worker's findings."""
+    directory = str(directory)
+    ps_port, *worker_ports = _free_ports(3)
+    spec = dict(spec, scenario=scenario, steps=_STEPS,
+                checkpoint_dir=os.path.join(directory, 'checkpoints'),
+                cluster={'ps': ['127.0.0.1:%d' % ps_port],
+                         'worker': ['127.0.0.1:%d' % p for p in worker_ports]})
+    ps, _, _ = _start(dict(spec, job='ps', task=0), directory, 'ps')
+    workers = [_start(dict(spec, job='worker', task=i), directory,
+                      'worker%d' % i) for i in range(2)]
+    try:
+        for process, _, log in workers:
+            try:
+                code = process.wait(timeout=_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                code = 'timeout'
+            assert code == 0, (code, open(log).read()[-3000:])
+    finally:
+        for process in [ps] + [w[0] for w in workers]:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    results = []
+    for _, out, _ in workers:
+        with open(out) as f:
+            results.append(json.load(f))
+    return results, spec['checkpoint_dir']
+
+
+@pytest.fixture(scope='module')
+def async_cluster(tmp_path_factory):
+    """Between-graph replication, contrib's counter (shared by the workers)."""
+    return _run(tmp_path_factory.mktemp('ps'), 'ps', sync=False)
+
+
+@pytest.fixture(scope='module')
+def sync_cluster(tmp_path_factory):
+    """SyncReplicasOptimizer, delays in global steps."""
+    return _run(tmp_path_factory.mktemp('sync'), 'ps', sync=True)
+
+
+@pytest.mark.parametrize('cluster', ['async_cluster', 'sync_cluster'])
+def test_variables_live_with_their_layer_weights(cluster, request):
+    results, _ = request.getfixturevalue(cluster)
+    for result in results:
+        devices, weights = result['devices'], result['weights']
+        for layer, device in weights.items():
+            assert device.startswith('/job:ps')
+            layer_scope = layer.rpartition('/')[0]
+            ranges = [n for n in devices if n.startswith(layer_scope + '/')]
+            assert len(ranges) >= 4, ranges
+            assert all(devices[n] == device for n in ranges), (layer, devices)
+        assert all(d.startswith('/job:ps') for d in devices.values()), devices
+        if 'fake_quantization_step' in devices:
+            assert (devices['fake_quantization_step']
+                    == result['global_step_device'])
+
+
+@pytest.mark.parametrize('cluster', ['async_cluster', 'sync_cluster'])
+def test_workers_share_one_set_of_ranges(cluster, request):
+    results, _ = request.getfixturevalue(cluster)
+    first, second = results
+    assert first['ranges'] and first['ranges'] == second['ranges']
+    # Both workers trained on different data.
+    assert first['runs'] and second['runs']
+
+
+def test_contrib_counter_counts_every_workers_runs(async_cluster):
+    results, _ = async_cluster
+    total = sum(len(r['runs']) for r in results)
+    assert total == 2 * _STEPS
+    assert [r['counter'] for r in results] == [total, total]
+    for result in results:
+        for step, quantized, frozen in result['runs']:
+            assert quantized == (step >= cluster_task.QUANT_DELAY)
+            assert frozen == (step >= cluster_task.FREEZE_BN_DELAY)
+
+
+def test_sync_replicas_delays_count_global_steps(sync_cluster):
+    results, _ = sync_cluster
+    for result in results:
+        steps = [step for step, _, _ in result['runs']]
+        assert steps == sorted(steps)
+    runs = results[0]['runs'] + results[1]['runs']
+    # Every global step was trained, each worker's runs (a worker may run
+    # twice in one step) compared their delays with it.
+    assert {step for step, _, _ in runs} == set(range(_STEPS))
+    for step, quantized, frozen in runs:
+        assert quantized == (step >= cluster_task.QUANT_DELAY)
+        assert frozen == (step >= cluster_task.FREEZE_BN_DELAY)
+
+
+def test_chief_checkpoint_restores_into_eval_graph(async_cluster):
+    results, checkpoint_dir = async_cluster
+    graph = tf.Graph()
+    with graph.as_default():
+        cluster_task.build_model(training=False)
+        tf1_quantize.create_eval_graph()
+        ranges = cluster_task.range_variables(graph)
+        with v1.Session() as session:
+            v1.train.Saver().restore(
+                session, tf.train.latest_checkpoint(checkpoint_dir))
+            restored = session.run(ranges)
+    assert set(restored) == set(results[0]['ranges'])
+    for name, value in restored.items():
+        assert value == pytest.approx(results[0]['ranges'][name])
+
+
+def test_tf_distribute_strategies_are_refused_untouched(tmp_path):
+    process = subprocess.run(
+        [sys.executable, _TASK, json.dumps({
+            'scenario': 'strategies', 'out': str(tmp_path / 'out.json')})],
+        capture_output=True, text=True, timeout=_TIMEOUT_S)
+    assert process.returncode == 0, process.stdout + process.stderr
+    with open(tmp_path / 'out.json') as f:
+        results = json.load(f)
+    for case, strategy in (('mirrored_replica_fn', 'MirroredStrategy'),
+                           ('mirrored_after', 'MirroredVariable'),
+                           ('multi_worker_replica_fn',
+                            'MultiWorkerMirroredStrategy')):
+        error = results[case]['error']
+        assert error.startswith('UnsupportedGraphError'), (case, error)
+        assert strategy in error and 'replica_device_setter' in error
+        assert results[case]['unchanged'], case
