@@ -39,15 +39,15 @@ SYNC_RUN_TIMEOUT_MS = 5000
 MAX_WAIT_SECS = 30
 
 
-def build_model(training: bool) -> tf.Tensor:
+def build_model(training: bool, resource: bool = True) -> tf.Tensor:
     """Conv-BN-Relu6, Conv-bias-Relu; returns the loss. Same weights names in
     training and eval (see `quantize_builders.conv_layer`)."""
     values = gb.Values(0)
     images = qb.input_placeholder()
     first = qb.conv_layer(images, 'conv1', 4, values, batch_norm=True,
-                          bn_training=training)
+                          bn_training=training, resource=resource)
     second = qb.conv_layer(first.output, 'conv2', 4, values,
-                           activation='Relu')
+                           activation='Relu', resource=resource)
     return tf.reduce_mean(tf.square(second.output - 1.0), name='loss')
 
 
@@ -76,7 +76,8 @@ def _tensor_named(graph: tf.Graph, suffix: str) -> tf.Tensor:
 def between_graph(spec, server) -> dict:
     """Between-graph replication: the model built inside the
     replica_device_setter block, the rewrite and the optimizer after it.
-    With spec['sync'], SyncReplicasOptimizer and delays in global steps."""
+    With spec['sync'], SyncReplicasOptimizer and delays in global steps,
+    and ref variables (the rewrite's too) instead of resource ones."""
     cluster = tf.train.ClusterSpec(spec['cluster'])
     task, sync = spec['task'], spec['sync']
     workers = len(spec['cluster']['worker'])
@@ -85,11 +86,14 @@ def between_graph(spec, server) -> dict:
         with v1.device(v1.train.replica_device_setter(
                 cluster=cluster, worker_device='/job:worker/task:%d' % task)):
             global_step = v1.train.get_or_create_global_step()
-            loss = build_model(training=True)
+            loss = build_model(training=True, resource=not sync)
         before = {v.op.name for v in graph.get_collection('variables')}
-        tf1_quantize.experimental_create_training_graph(
-            quant_delay=QUANT_DELAY, freeze_bn_delay=FREEZE_BN_DELAY,
-            delay_counter='global_step' if sync else 'fake_quantization_step')
+        with v1.variable_scope(v1.get_variable_scope(),
+                               use_resource=not sync):
+            tf1_quantize.experimental_create_training_graph(
+                quant_delay=QUANT_DELAY, freeze_bn_delay=FREEZE_BN_DELAY,
+                delay_counter=('global_step' if sync else
+                               'fake_quantization_step'))
         optimizer = v1.train.GradientDescentOptimizer(0.01)
         hooks = []
         if sync:
@@ -146,6 +150,8 @@ def between_graph(spec, server) -> dict:
             # session is left to os._exit.)
             session.close()
     return {
+        'variable_types': sorted({v.op.type for v in range_variables(
+            graph).values()}),
         'runs': runs,
         'devices': _devices(graph, before),
         'weights': weights,

@@ -82,14 +82,18 @@ def async_cluster(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def sync_cluster(tmp_path_factory):
-    """SyncReplicasOptimizer, delays in global steps."""
+    """SyncReplicasOptimizer, delays in global steps, ref variables."""
     return _run(tmp_path_factory.mktemp('sync'), 'ps', sync=True)
 
 
-@pytest.mark.parametrize('cluster', ['async_cluster', 'sync_cluster'])
-def test_variables_live_with_their_layer_weights(cluster, request):
+@pytest.mark.parametrize('cluster,variable_type',
+                         [('async_cluster', 'VarHandleOp'),
+                          ('sync_cluster', 'VariableV2')])
+def test_variables_live_with_their_layer_weights(cluster, variable_type,
+                                                 request):
     results, _ = request.getfixturevalue(cluster)
     for result in results:
+        assert result['variable_types'] == [variable_type]
         devices, weights = result['devices'], result['weights']
         for layer, device in weights.items():
             assert device.startswith('/job:ps')
@@ -129,9 +133,10 @@ def test_sync_replicas_delays_count_global_steps(sync_cluster):
         steps = [step for step, _, _ in result['runs']]
         assert steps == sorted(steps)
     runs = results[0]['runs'] + results[1]['runs']
-    # Every global step was trained, each worker's runs (a worker may run
-    # twice in one step) compared their delays with it.
-    assert {step for step, _, _ in runs} == set(range(_STEPS))
+    # Every global step was trained (a worker may run twice in one step, or
+    # start its last run as the other one ends the last step).
+    assert set(range(_STEPS)) <= {step for step, _, _ in runs}
+    assert max(step for step, _, _ in runs) <= _STEPS
     for step, quantized, frozen in runs:
         assert quantized == (step >= cluster_task.QUANT_DELAY)
         assert frozen == (step >= cluster_task.FREEZE_BN_DELAY)
@@ -169,3 +174,116 @@ def test_tf_distribute_strategies_are_refused_untouched(tmp_path):
         assert error.startswith('UnsupportedGraphError'), (case, error)
         assert strategy in error and 'replica_device_setter' in error
         assert results[case]['unchanged'], case
+
+
+_CLUSTER = {'ps': ['ps0:1', 'ps1:1'], 'worker': ['w0:1']}
+
+
+def _rewrite_with_setter(inside: bool, global_step: bool = True, **kwargs):
+    """The model built under a replica_device_setter (2 parameter servers,
+    no servers started); the rewrite inside the block or after it."""
+    graph = tf.Graph()
+    setter = v1.train.replica_device_setter(
+        cluster=tf.train.ClusterSpec(_CLUSTER))
+    with graph.as_default():
+        with v1.device(setter):
+            if global_step:
+                v1.train.get_or_create_global_step()
+            cluster_task.build_model(training=True)
+            if inside:
+                tf1_quantize.experimental_create_training_graph(**kwargs)
+        if not inside:
+            tf1_quantize.experimental_create_training_graph(**kwargs)
+    return graph
+
+
+def _device(graph, name):
+    return graph.get_operation_by_name(name).device
+
+
+@pytest.mark.parametrize('inside', [True, False])
+def test_placement_with_weights_whatever_the_device_scope(inside):
+    graph = _rewrite_with_setter(inside, quant_delay=3, freeze_bn_delay=5)
+    for layer in ('conv1', 'conv2'):
+        weights = _device(graph, layer + '/weights')
+        assert weights.startswith('/job:ps/task:')
+        for name in ('weights_quant/min', 'act_quant/max',
+                     'act_quant/%s/act_quant/min/biased' % layer):
+            assert _device(graph, '%s/%s' % (layer, name)) == weights
+    assert (_device(graph, 'fake_quantization_step')
+            == _device(graph, 'global_step'))
+    # The computation stays where the caller's scope puts it.
+    expected = '/job:worker' if inside else ''
+    assert _device(graph, 'conv1/act_quant/BatchMax') == expected
+
+
+def test_step_counter_without_global_step_goes_with_first_layer():
+    graph = _rewrite_with_setter(False, global_step=False, quant_delay=3)
+    assert (_device(graph, 'fake_quantization_step')
+            == _device(graph, 'conv1/weights'))
+
+
+def test_graph_without_devices_gets_none():
+    graph = tf.Graph()
+    with graph.as_default():
+        v1.train.get_or_create_global_step()
+        cluster_task.build_model(training=True)
+        tf1_quantize.experimental_create_training_graph(quant_delay=3)
+    assert not [op.device for op in graph.get_operations() if op.device]
+
+
+def test_delays_in_global_steps():
+    graph = tf.Graph()
+    with graph.as_default():
+        global_step = v1.train.get_or_create_global_step()
+        cluster_task.build_model(training=True)
+        tf1_quantize.experimental_create_training_graph(
+            quant_delay=3, freeze_bn_delay=5, delay_counter='global_step')
+        assert not graph.get_collection('variables', 'fake_quantization_step')
+        quantized = graph.get_tensor_by_name(
+            'conv1/weights_quant/activate_quant:0')
+        frozen = cluster_task._tensor_named(graph, 'use_moving_average')
+        with v1.Session() as session:
+            session.run(v1.global_variables_initializer())
+            seen = []
+            for step in range(7):
+                session.run(global_step.assign(step))
+                # Evaluating the model leaves the global step alone.
+                seen.append(session.run([quantized, frozen, global_step]))
+    assert seen == [[s >= 3, s >= 5, s] for s in range(7)]
+
+
+def test_eval_graph_delay_in_global_steps():
+    graph = tf.Graph()
+    with graph.as_default():
+        global_step = v1.train.get_or_create_global_step()
+        cluster_task.build_model(training=False)
+        tf1_quantize.experimental_create_eval_graph(
+            quant_delay=2, delay_counter='global_step')
+        quantized = graph.get_tensor_by_name(
+            'conv1/weights_quant/activate_quant:0')
+        with v1.Session() as session:
+            session.run(v1.global_variables_initializer())
+            assert not session.run(quantized)
+            session.run(global_step.assign(2))
+            assert session.run(quantized)
+
+
+def test_global_step_delays_need_a_global_step():
+    graph = tf.Graph()
+    with graph.as_default():
+        cluster_task.build_model(training=True)
+    before = graph.as_graph_def()
+    with pytest.raises(tf1_quantize.QuantizeError, match='global step'):
+        tf1_quantize.experimental_create_training_graph(
+            graph, quant_delay=3, delay_counter='global_step')
+    assert graph.as_graph_def() == before
+
+
+def test_unknown_delay_counter_is_refused():
+    graph = tf.Graph()
+    with graph.as_default():
+        cluster_task.build_model(training=True)
+    with pytest.raises(ValueError, match='delay_counter'):
+        tf1_quantize.experimental_create_training_graph(
+            graph, quant_delay=3, delay_counter='steps')
