@@ -17,6 +17,7 @@ from tf1_quantize.contrib_alias import install_as_contrib
 from tf1_quantize.errors import QuantizeError
 from tf1_quantize.errors import RewriteAbortedError
 from tf1_quantize.errors import UnsupportedGraphError
+from tf1_quantize import warm_start
 
 __all__ = [
     'create_eval_graph',
@@ -30,4 +31,5 @@ __all__ = [
     'QuantizeError',
     'RewriteAbortedError',
     'UnsupportedGraphError',
+    'warm_start',
 ]
