@@ -157,7 +157,7 @@ def _conv_bn(x, scope, channels, training, activation):
 
 
 def rewritten_model(training=False, rewrite=True, head='dense', bias=True,
-                    batch=None, seed=0, quant_delay=None):
+                    batch=None, seed=0, quant_delay=None, **rewrite_kwargs):
     """Conv-BN-ReLU, Conv-BN-ReLU6, then a head, rewritten by tf1_quantize.
 
     Args:
@@ -166,10 +166,11 @@ def rewritten_model(training=False, rewrite=True, head='dense', bias=True,
         rewrite: False: no rewrite at all.
         head: 'dense' (mean, MatMul: logits [N, 5]) or 'segmentation' (a 1x1
             conv with bias: per-pixel logits [N, 6, 6, 3]).
-        bias: the dense head has a bias (False: a bare final MatMul).
+        bias: the head has a bias (False: a bare final MatMul or Conv2D).
         batch: the input's batch size; None: dynamic.
         seed: weight initialisation seed.
         quant_delay: passed to the rewrite when not None.
+        **rewrite_kwargs: more keyword arguments of the rewrite.
 
     Returns:
         A session with initialized variables and the output tensor name.
@@ -183,10 +184,10 @@ def rewritten_model(training=False, rewrite=True, head='dense', bias=True,
         if head == 'segmentation':
             with v1.variable_scope('segmentation'):
                 w = weights('weights', [1, 1, 4, 3], 2)
-                y = tf.nn.bias_add(
-                    tf.nn.conv2d(y, w, 1, 'SAME', name='Conv2D'),
-                    v1.get_variable('biases', [3],
-                                    initializer=v1.zeros_initializer()))
+                y = tf.nn.conv2d(y, w, 1, 'SAME', name='Conv2D')
+                if bias:
+                    y = tf.nn.bias_add(y, v1.get_variable(
+                        'biases', [3], initializer=v1.zeros_initializer()))
         else:
             y = tf.reduce_mean(y, [1, 2], name='pool')
             with v1.variable_scope('logits'):
@@ -200,7 +201,7 @@ def rewritten_model(training=False, rewrite=True, head='dense', bias=True,
                           if training else
                           tf1_quantize.experimental_create_eval_graph)
             delay = {} if quant_delay is None else {'quant_delay': quant_delay}
-            rewrite_fn(graph, symmetric=True, **delay)
+            rewrite_fn(graph, symmetric=True, **delay, **rewrite_kwargs)
         session = v1.Session(graph=graph)
         session.run(v1.global_variables_initializer())
     return session, y.name

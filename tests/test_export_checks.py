@@ -81,6 +81,16 @@ def test_bare_final_layer_error_names_it_and_the_option():
         assert text in message
 
 
+@pytest.mark.parametrize('head', ['dense', 'segmentation'])
+def test_quantize_bare_layers_exports_integer_only(head):
+    session, output = rewritten_model(bias=False, head=head,
+                                      quantize_bare_layers=True)
+    with session:
+        _, report = export.export_session(session, INPUT, output, tf.int8,
+                                          input_ranges=INPUT_RANGES)
+    assert report.float_ops == ()
+
+
 def test_eval_rewrite_with_bias_exports_integer_only():
     session, output = rewritten_model()
     with session:

@@ -79,7 +79,8 @@ def experimental_create_training_graph(input_graph: Optional[tf.Graph] = None,
                                        *,
                                        per_channel_weights: bool = False,
                                        one_conv_fold: bool = False,
-                                       delay_counter: str = _CONTRIB_COUNTER
+                                       delay_counter: str = _CONTRIB_COUNTER,
+                                       quantize_bare_layers: bool = False
                                        ) -> None:
     """`create_training_graph` with every parameter exposed.
 
@@ -103,6 +104,12 @@ def experimental_create_training_graph(input_graph: Optional[tf.Graph] = None,
             evaluate the model, shared by every worker that runs it) or
             'global_step' (the graph's global step, which must exist; for
             SyncReplicasOptimizer and multi-worker jobs).
+        quantize_bare_layers: also quantize a Conv2D / DepthwiseConv2dNative
+            / MatMul with variable weights and no bias add, batch norm or
+            activation after it (e.g. a final logits layer): FakeQuants on
+            its weights and on its output (`act_quant`). contrib left such
+            layers float, and a fully integer TFLite export then fails; off
+            by default. The eval rewrite must use the same setting.
 
     Raises:
         TypeError: if `input_graph` is not a `tf.Graph`.
@@ -112,7 +119,8 @@ def experimental_create_training_graph(input_graph: Optional[tf.Graph] = None,
              activation_bits=activation_bits, symmetric=symmetric,
              quant_delay=quant_delay, freeze_bn_delay=freeze_bn_delay,
              scope=scope, per_channel_weights=per_channel_weights,
-             one_conv_fold=one_conv_fold, delay_counter=delay_counter)
+             one_conv_fold=one_conv_fold, delay_counter=delay_counter,
+             quantize_bare_layers=quantize_bare_layers)
 
 
 def experimental_create_eval_graph(input_graph: Optional[tf.Graph] = None,
@@ -123,7 +131,8 @@ def experimental_create_eval_graph(input_graph: Optional[tf.Graph] = None,
                                    scope: Optional[str] = None,
                                    *,
                                    per_channel_weights: bool = False,
-                                   delay_counter: str = _CONTRIB_COUNTER
+                                   delay_counter: str = _CONTRIB_COUNTER,
+                                   quantize_bare_layers: bool = False
                                    ) -> None:
     """`create_eval_graph` with every parameter exposed.
 
@@ -139,6 +148,8 @@ def experimental_create_eval_graph(input_graph: Optional[tf.Graph] = None,
             must match the training graph (the range variables differ).
         delay_counter: what `quant_delay` counts, as for
             `experimental_create_training_graph`.
+        quantize_bare_layers: as for `experimental_create_training_graph`;
+            must match the training graph.
 
     Raises:
         TypeError: if `input_graph` is not a `tf.Graph`.
@@ -148,7 +159,8 @@ def experimental_create_eval_graph(input_graph: Optional[tf.Graph] = None,
              activation_bits=activation_bits, symmetric=symmetric,
              quant_delay=quant_delay, scope=scope,
              per_channel_weights=per_channel_weights,
-             delay_counter=delay_counter)
+             delay_counter=delay_counter,
+             quantize_bare_layers=quantize_bare_layers)
 
 
 def fold_batch_norms(graph: Optional[tf.Graph] = None,
@@ -190,15 +202,16 @@ def fold_batch_norms(graph: Optional[tf.Graph] = None,
 def _rewrite(input_graph, *, is_training, weight_bits=8, activation_bits=8,
              symmetric=False, quant_delay=None, freeze_bn_delay=None,
              scope=None, per_channel_weights=False, one_conv_fold=False,
-             quantize_layers=True,
-             delay_counter=_CONTRIB_COUNTER) -> report_lib.RewriteReport:
+             quantize_layers=True, delay_counter=_CONTRIB_COUNTER,
+             quantize_bare_layers=False) -> report_lib.RewriteReport:
     graph = _resolve_graph(input_graph)
     validation.check_arguments(weight_bits, activation_bits, quant_delay,
                                freeze_bn_delay, scope, delay_counter)
     validation.check_graph(graph, quantize_layers)
     validation.check_delay_counter(graph, delay_counter, quant_delay,
                                    freeze_bn_delay)
-    records = patterns.find_layers(graph)
+    records = patterns.find_layers(
+        graph, bare_layers=quantize_layers and bool(quantize_bare_layers))
     forward, standalone = _split_standalone(graph, records, quantize_layers)
     plan = validation.Plan(
         mode=names.TRAINING if is_training else names.EVAL,

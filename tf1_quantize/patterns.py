@@ -200,6 +200,9 @@ _LAYER_MATCHERS = [
     GraphMatcher(p)
     for p in (_post_activation_bypass, _activation, _pre_activation, _sep_conv)
 ]
+# Any layer reading variable weights (`quantize_bare_layers`).
+_BARE_LAYER_MATCHER = GraphMatcher(P('|'.join(LAYER_TYPES), name='layer',
+                                     inputs=['*', _weight_read]))
 
 # --- A layer a standalone batch norm folds forward into --------------------
 # Its weights are still a variable read (not folded, not constant), so that
@@ -309,7 +312,8 @@ class LayerRecord:
         return self.batch_to_space or self.layer
 
 
-def find_layers(graph: tf.Graph) -> List[LayerRecord]:
+def find_layers(graph: tf.Graph, bare_layers: bool = False
+                ) -> List[LayerRecord]:
     """Finds every quantizable layer of `graph`, once, in graph order.
 
     Batch norms whose output nobody reads (already folded) are not part of any
@@ -317,6 +321,9 @@ def find_layers(graph: tf.Graph) -> List[LayerRecord]:
 
     Args:
         graph: the graph to search.
+        bare_layers: also record layers that read variable weights and have
+            no bias add, batch norm or activation after them (contrib left
+            them float).
 
     Returns:
         A list of `LayerRecord`s.
@@ -335,6 +342,11 @@ def find_layers(graph: tf.Graph) -> List[LayerRecord]:
                 continue
             seen.add(layer)
             records.append(record)
+    if bare_layers:
+        records += [LayerRecord(layer=m.get_op('layer'),
+                                weights=m.get_op('layer').inputs[1])
+                    for m in _BARE_LAYER_MATCHER.match_ops(ops)
+                    if _is_bare_layer(m.get_op('layer'), seen)]
     records.sort(key=lambda r: r.layer._id)  # pylint: disable=protected-access
     return records
 
@@ -429,6 +441,13 @@ def _record_from_match(match) -> Optional[LayerRecord]:
         activation=activation,
         post_activation_bypass=match.get_op('post_activation_bypass'),
         is_separable_inner=match.get_op('sep_conv') is not None)
+
+
+def _is_bare_layer(layer: tf.Operation, recorded) -> bool:
+    """A layer no pattern recorded (often a graph output nothing reads), and
+    not a folded layer's original."""
+    return (layer not in recorded and not graph_edit.is_skipped(layer)
+            and not _was_folded(layer))
 
 
 def _was_folded(layer: tf.Operation) -> bool:
