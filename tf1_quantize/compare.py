@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import warnings
 from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
-import tensorflow as tf
+
+from tf1_quantize.export import interpreter as interpreter_lib
 
 Model = Union[bytes, str, os.PathLike]
 # Absorbs float rounding of values on the same grid.
@@ -163,29 +163,6 @@ def compare_models(old: Model, new: Model,
                       new=str(new_model), outputs=differences)
 
 
-def _interpreter(model: bytes):
-    """An interpreter on the reference kernels (LiteRT's, if installed)."""
-    try:
-        from ai_edge_litert import interpreter as litert
-    except ImportError:
-        litert = None
-    if litert is not None:
-        return litert.Interpreter(
-            model_content=model, experimental_op_resolver_type=(
-                litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES))
-    with warnings.catch_warnings():
-        # TF >= 2.18 announces the move to ai_edge_litert on every call.
-        warnings.filterwarnings('ignore', message='.*Interpreter is deprec')
-        return tf.lite.Interpreter(
-            model_content=model, experimental_op_resolver_type=(
-                tf.lite.experimental.OpResolverType
-                .BUILTIN_WITHOUT_DEFAULT_DELEGATES))
-
-
-def _is_float(dtype) -> bool:
-    return np.issubdtype(np.dtype(dtype), np.floating)
-
-
 def _shape(detail) -> Tuple[int, ...]:
     return tuple(int(d) for d in detail['shape'][1:])
 
@@ -217,7 +194,7 @@ class _Model:
             with open(model, 'rb') as f:
                 model = f.read()
         try:
-            self._interpreter = _interpreter(model)
+            self._interpreter = interpreter_lib.tflite_interpreter(model)
         except ValueError as error:
             raise ValueError('The %s model is not a TFLite model: %s' %
                              (label, error)) from None
@@ -231,7 +208,7 @@ class _Model:
     def __str__(self) -> str:
         def describe(detail):
             text = '%s %s' % (np.dtype(detail['dtype']).name, detail['name'])
-            if not _is_float(detail['dtype']):
+            if not interpreter_lib.is_float(detail['dtype']):
                 text += ' (scale %.6g, zero point %d)' % detail[
                     'quantization']
             return text
@@ -264,32 +241,30 @@ class _Model:
 
     def _feed(self, x: np.ndarray, detail) -> np.ndarray:
         dtype = np.dtype(detail['dtype'])
-        if _is_float(dtype):
+        if interpreter_lib.is_float(dtype):
             return x.astype(dtype)
-        if not _is_float(x.dtype):
+        if not interpreter_lib.is_float(x.dtype):
             if x.dtype != dtype:
                 raise ValueError(
                     'The inputs hold %s values, the %s model takes %s: give '
                     'float values' % (x.dtype.name, self.label, dtype.name))
             return x
         scale, zero_point = detail['quantization']
-        scaled = x.astype(np.float64) / scale
-        # Rounds half away from zero, as TFLite's QUANTIZE.
-        q = np.sign(scaled) * np.floor(np.abs(scaled) + 0.5) + zero_point
-        info = np.iinfo(dtype)
-        return np.clip(q, info.min, info.max).astype(dtype)
+        return interpreter_lib.quantize(x.astype(np.float32), scale,
+                                        zero_point, dtype)
 
     def _dequantized(self, detail) -> np.ndarray:
         y = self._interpreter.get_tensor(detail['index'])
-        if _is_float(y.dtype):
+        if interpreter_lib.is_float(y.dtype):
             return y.astype(np.float64)
         scale, zero_point = detail['quantization']
-        return (y.astype(np.float64) - zero_point) * scale
+        return interpreter_lib.dequantize(y, scale, zero_point).astype(
+            np.float64)
 
 
 def _step(old_detail, new_detail) -> Optional[float]:
     for detail in (old_detail, new_detail):
-        if not _is_float(detail['dtype']):
+        if not interpreter_lib.is_float(detail['dtype']):
             return float(detail['quantization'][0])
     return None
 
