@@ -192,7 +192,7 @@ def quantize_layers(graph: tf.Graph, records: Sequence[LayerRecord],
         QuantizeError: if consumers could not be rerouted.
     """
     inserter = _Inserter(graph, config)
-    for record, device in zip(records, weight_devices):
+    for record, device in zip(records, weight_devices, strict=True):
         inserter.device = device
         _quantize_layer(inserter, record)
     for affine in affines:
