@@ -57,18 +57,20 @@ def range_variables(graph: tf.Graph):
             if v.op.name.endswith(('_quant/min', '_quant/max'))}
 
 
-def _feed(task: int, step: int):
+def feed(task: int, step: int):
+    """A batch for `build_model`, different for each task and step."""
     rng = np.random.RandomState(1000 * task + step)
     return {'input:0': rng.normal(size=qb.IMAGE_SHAPE).astype(np.float32)}
 
 
 def _devices(graph: tf.Graph, before: set):
-    """Each variable the rewrite created: (name, device)."""
+    """Device of each variable not in `before` (the rewrite's), by name."""
     return {v.op.name: v.device for v in graph.get_collection('variables')
             if v.op.name not in before}
 
 
-def _tensor_named(graph: tf.Graph, suffix: str) -> tf.Tensor:
+def tensor_named(graph: tf.Graph, suffix: str) -> tf.Tensor:
+    """Output 0 of the first op whose name ends with `suffix`."""
     return next(op.outputs[0] for op in graph.get_operations()
                 if op.name.endswith(suffix))
 
@@ -111,8 +113,8 @@ def between_graph(spec, server) -> dict:
                     'fake_quantization_step/Identity:0'))
         fetches = {
             'step': step,
-            'quantized': _tensor_named(graph, 'activate_quant'),
-            'frozen': _tensor_named(graph, 'use_moving_average'),
+            'quantized': tensor_named(graph, 'activate_quant'),
+            'frozen': tensor_named(graph, 'use_moving_average'),
             'train': train_op,
         }
         ranges = {name: tf.identity(v)
@@ -165,7 +167,7 @@ def _train_step(session, fetches, task: int, index: int,
                 timeout_ms: int = RUN_TIMEOUT_S * 1000):
     """One training run: [step compared with the delays, quantized, BN
     frozen]."""
-    result = session.run(fetches, feed_dict=_feed(task, index),
+    result = session.run(fetches, feed_dict=feed(task, index),
                          options=v1.RunOptions(timeout_in_ms=timeout_ms))
     return [int(result['step']), bool(result['quantized']),
             bool(result['frozen'])]

@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 import tensorflow as tf
@@ -55,10 +56,11 @@ def _run(directory, scenario, **spec):
     ps, _, _ = _start(dict(spec, job='ps', task=0), directory, 'ps')
     workers = [_start(dict(spec, job='worker', task=i), directory,
                       'worker%d' % i) for i in range(2)]
+    deadline = time.time() + _TIMEOUT_S
     try:
         for process, _, log in workers:
             try:
-                code = process.wait(timeout=_TIMEOUT_S)
+                code = process.wait(timeout=max(0, deadline - time.time()))
             except subprocess.TimeoutExpired:
                 code = 'timeout'
             assert code == 0, (code, open(log).read()[-3000:])
@@ -242,7 +244,7 @@ def test_delays_in_global_steps():
         assert not graph.get_collection('variables', 'fake_quantization_step')
         quantized = graph.get_tensor_by_name(
             'conv1/weights_quant/activate_quant:0')
-        frozen = cluster_task._tensor_named(graph, 'use_moving_average')
+        frozen = cluster_task.tensor_named(graph, 'use_moving_average')
         with v1.Session() as session:
             session.run(v1.global_variables_initializer())
             seen = []

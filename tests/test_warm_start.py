@@ -30,7 +30,7 @@ def _train_float(directory, steps=2):
         with v1.Session() as session:
             session.run(v1.global_variables_initializer())
             for step in range(steps):
-                session.run(train_op, cluster_task._feed(0, step))
+                session.run(train_op, cluster_task.feed(0, step))
             return v1.train.Saver().save(session,
                                          os.path.join(directory, 'float'))
 
