@@ -33,8 +33,8 @@ v1 = tf.compat.v1
 QUANT_DELAY = 4
 FREEZE_BN_DELAY = 6
 RUN_TIMEOUT_S = 30
-# A sync worker's last run may wait for a token that no aggregation sends.
-SYNC_RUN_TIMEOUT_MS = 5000
+# See `_train_sync`.
+SYNC_RUN_TIMEOUT_MS = 3000
 # Raised instead of waiting for the chief for ever (the placement bug).
 MAX_WAIT_SECS = 30
 
@@ -132,18 +132,12 @@ def between_graph(spec, server) -> dict:
             save_summaries_steps=None, save_summaries_secs=None,
             log_step_count_steps=None)
         if sync:
-            total = spec['steps']
-            runs = _train_sync(session, fetches, global_step, task, total)
+            runs = _train_sync(session, fetches, global_step, task,
+                               spec['steps'])
         else:
-            total = spec['steps'] * workers
             runs = [_train_step(session, fetches, task, index)
                     for index in range(spec['steps'])]
-        # Every worker's runs are done once the global step says so.
-        deadline = time.time() + RUN_TIMEOUT_S
-        while session.run(global_step) < total:
-            if time.time() > deadline:
-                raise TimeoutError('the other worker never finished')
-            time.sleep(0.05)
+        _wait_for_workers(os.path.dirname(spec['out']), task, workers)
         counter = None if sync else session.run(counter)
         values = session.run(ranges)
         if not sync:
@@ -174,17 +168,34 @@ def _train_step(session, fetches, task: int, index: int,
 
 
 def _train_sync(session, fetches, global_step, task: int, total: int):
-    """Runs until the global step reaches `total`."""
+    """Runs until the global step reaches `total`. A run waits for the other
+    worker's gradient (it may still be starting) and, once the last step is
+    done, may wait for a token nobody sends: runs time out and are retried
+    while the global step is below `total`."""
     runs = []
+    deadline = time.time() + RUN_TIMEOUT_S
     while session.run(global_step) < total:
+        if time.time() > deadline:
+            raise TimeoutError('synchronous training stalled')
         try:
             runs.append(_train_step(session, fetches, task, len(runs),
                                     SYNC_RUN_TIMEOUT_MS))
         except tf.errors.DeadlineExceededError:
-            if session.run(global_step) < total - 1:
-                raise
-            break
+            pass
     return runs
+
+
+def _wait_for_workers(directory: str, task: int, workers: int) -> None:
+    """Says this worker's runs are over and waits until every worker's are
+    (a sync worker may still run after the last global step): nothing
+    changes the ranges after that."""
+    open(os.path.join(directory, 'done%d' % task), 'w').close()
+    deadline = time.time() + RUN_TIMEOUT_S
+    while not all(os.path.exists(os.path.join(directory, 'done%d' % i))
+                  for i in range(workers)):
+        if time.time() > deadline:
+            raise TimeoutError('the other worker never finished')
+        time.sleep(0.05)
 
 
 def _wait_for_chief(checkpoint_dir: str) -> None:
