@@ -222,7 +222,7 @@ def _rewrite(input_graph, *, is_training, weight_bits=8, activation_bits=8,
     layers = [r.layer.name for r in records]
     folded = [r.layer.name for r in records if r.batch_norm is not None]
     weight_devices = [placement.variable_device(r.weights) for r in records]
-    # The step counter goes with the global step, else with the first layer.
+    # Without a global step, a new step counter goes with the first layer.
     step_device = next(iter(weight_devices), '')
     config = quantize.QuantizeConfig(
         is_training=is_training, weight_bits=weight_bits,

@@ -67,9 +67,7 @@ class Plan:
 
 
 def check_arguments(weight_bits, activation_bits, quant_delay,
-                    freeze_bn_delay, scope,
-                    delay_counter=step_counter.FAKE_QUANTIZATION_STEP
-                    ) -> None:
+                    freeze_bn_delay, scope, delay_counter) -> None:
     """Raises `ValueError` for an argument outside what the rewrite takes."""
     for name, bits in (('weight_bits', weight_bits),
                        ('activation_bits', activation_bits)):
