@@ -39,6 +39,7 @@ Reshapes tell where the outputs are after a rewrite (`BuiltGraph.outputs`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -165,7 +166,19 @@ class Chain:
     depth: int
 
 
-Node = Union[Layer, Add, Concat, Pool, Reshape, Norm, Chain]
+@dataclasses.dataclass(frozen=True)
+class Cond:
+    """A layer (1x1 conv or MatMul, C -> C, bias, Relu) inside a conditional
+    on a bool ``placeholder_with_default(True)``, built with control flow v2
+    (an ``If`` op: the layer is left float and reported) or v1 (``Switch`` /
+    ``Merge``: the rewrite refuses the graph). The other branch passes the
+    input through. A Relu first keeps the conditional off a layer's raw
+    output (that is a batch norm with a tensor training flag, refused)."""
+    src: int
+    v1: bool = False
+
+
+Node = Union[Layer, Add, Concat, Pool, Reshape, Norm, Chain, Cond]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -239,7 +252,7 @@ def node_shape(node: Node, shapes: List[Tuple[int, ...]]) -> Tuple[int, ...]:
     if isinstance(node, Concat):
         a, b = shapes[node.a], shapes[node.b]
         return a[:-1] + (a[-1] + b[-1],)
-    if isinstance(node, (Norm, Chain)):
+    if isinstance(node, (Norm, Chain, Cond)):
         return shapes[node.src]
     if isinstance(node, Pool):
         n, h, w, c = shapes[node.src]
@@ -416,7 +429,7 @@ def graph_descriptions(draw, max_layers: int = 4, hazards: bool = False):
                 options.append('add')
             if _pairs(shapes, lambda a, b: a[:-1] == b[:-1]):
                 options.append('concat')
-            options.append('chain')
+            options += ['chain', 'cond']
         choice = draw(st.sampled_from(options))
         if choice == 'layer':
             src = draw(_source(list(range(len(shapes)))))
@@ -434,6 +447,9 @@ def graph_descriptions(draw, max_layers: int = 4, hazards: bool = False):
                 new += draw(_layer(shapes + [node_shape(new[0], shapes)],
                                    nodes + new, len(shapes), hazards,
                                    after_norm=True))
+        elif choice == 'cond':
+            src = draw(_source(list(range(len(shapes)))))
+            new = [Cond(src, v1=hazards and draw(st.booleans()))]
         elif choice == 'chain':
             src = draw(_source(list(range(len(shapes)))))
             new = [Chain(src, draw(st.integers(1, 6)))]
@@ -685,6 +701,39 @@ def _build_norm(values, node, index, tensors, training, resource):
     return NormHandles(*variables, output=out), updates
 
 
+def cond_layer_values(index: int, channels: int):
+    """The [C, C] weights and [C] biases of the layer of `Cond` node
+    `index`."""
+    rng = np.random.RandomState(index)
+    weights = rng.randn(channels, channels) / np.sqrt(channels)
+    return (weights.astype(np.float32),
+            rng.randn(channels).astype(np.float32))
+
+
+def _build_cond(node, index, tensors, resource):
+    """A `Cond` in variable scope ``N<k>``."""
+    x = tensors[node.src]
+    weight_values, bias_values = cond_layer_values(index, x.shape[-1])
+    with v1.variable_scope('N%d' % index, use_resource=resource):
+        x = tf.nn.relu(x, name='Relu')
+        if x.shape.rank == 4:
+            weight_values = weight_values.reshape((1, 1) +
+                                                  weight_values.shape)
+        weights = graph_builders.variable('weights', weight_values)
+        biases = graph_builders.variable('biases', bias_values)
+        flag = v1.placeholder_with_default(True, [], name='flag')
+
+        def layer():
+            y = (tf.nn.conv2d(x, weights, 1, 'SAME') if x.shape.rank == 4
+                 else tf.matmul(x, weights))
+            return tf.nn.relu(tf.nn.bias_add(y, biases))
+
+        flow = (graph_builders.control_flow_v1() if node.v1 else
+                contextlib.nullcontext())
+        with flow:
+            return tf.cond(flag, layer, lambda: tf.identity(x), name='cond')
+
+
 def _build_other(node, index, tensors):
     with tf.name_scope('N%d' % index):
         if isinstance(node, Chain):
@@ -755,6 +804,9 @@ def build(desc: GraphDesc, *, bn_training: bool = True,
                 layers[index] = handles
                 update_ops.extend(updates)
                 tensors.append(handles.output)
+            elif isinstance(node, Cond):
+                tensors.append(_build_cond(node, index, tensors,
+                                           desc.resource))
             else:
                 tensors.append(_build_other(node, index, tensors))
         leaves = desc.leaves()

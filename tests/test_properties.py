@@ -373,6 +373,19 @@ def quantization_error_bounds(desc: gen.GraphDesc, measured: dict,
             srcs = gen.node_inputs(node)
             err = max(bounds[i] for i in srcs)
             err += q(out, err)
+        elif isinstance(node, gen.Chain):
+            # s <- q(s + q(0.5 s)), each level.
+            err, value = bounds[node.src], np.asarray(tensors[node.src])
+            for _ in range(node.depth):
+                half = 0.5 * err + q(0.5 * value, 0.5 * err)
+                value = 1.5 * value
+                err = err + half + q(value, err + half)
+        elif isinstance(node, gen.Cond):
+            # Relu (maybe quantized), then a float layer: its L1 gain.
+            x = np.maximum(tensors[node.src], 0.0)
+            weights, _ = gen.cond_layer_values(k, shapes[node.src][-1])
+            err = (np.max(np.sum(np.abs(weights), axis=0)) *
+                   (bounds[node.src] + q(x, bounds[node.src])))
         else:
             err = bounds[node.src]
         bounds.append(err)
