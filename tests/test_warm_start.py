@@ -65,12 +65,22 @@ def _check_restored(session, graph, checkpoint):
                                       reader.get_tensor(variable.op.name))
 
 
-def test_model_variables_restore_with_a_saver(float_checkpoint):
+def _restore_with_saver(session, checkpoint):
+    v1.train.Saver(warm_start.model_variables()).restore(session, checkpoint)
+
+
+def _restore_with_slim(session, checkpoint):
+    slim = pytest.importorskip('tf_slim', reason='tf-slim is not installed')
+    slim.assign_from_checkpoint_fn(checkpoint,
+                                   warm_start.model_variables())(session)
+
+
+@pytest.mark.parametrize('restore', [_restore_with_saver, _restore_with_slim])
+def test_model_variables_restore(float_checkpoint, restore):
     graph = _qat_graph()
     with graph.as_default(), v1.Session() as session:
         session.run(v1.global_variables_initializer())
-        v1.train.Saver(warm_start.model_variables()).restore(
-            session, float_checkpoint)
+        restore(session, float_checkpoint)
         _check_restored(session, graph, float_checkpoint)
         # The rewrite's variables keep their initial values.
         ranges = cluster_task.range_variables(graph)
