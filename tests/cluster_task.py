@@ -2,11 +2,12 @@
 
     python cluster_task.py '<json spec>'
 
-The spec says the scenario ('ps', 'sync' or 'strategies'), the job ('ps' or
-'worker'), the task index, the cluster's addresses, the number of steps and
-the file to write the task's findings to (JSON). A parameter server serves
-until the test kills it; every other task writes its findings and ends with
-`os._exit`: an in-process gRPC server cannot be stopped otherwise.
+The spec says the scenario ('between_graph', with or without 'sync', or
+'strategies'), the job ('ps' or 'worker'), the task index, the cluster's
+addresses, the number of steps and the file to write the task's findings to
+(JSON). A parameter server serves until the test kills it; every other task
+writes its findings and ends with `os._exit`: an in-process gRPC server
+cannot be stopped otherwise.
 """
 
 import json

@@ -16,8 +16,6 @@ import pytest
 import tensorflow as tf
 
 import cluster_task
-import graph_builders as gb
-import quantize_builders as qb
 import tf1_quantize
 
 v1 = tf.compat.v1
@@ -39,17 +37,20 @@ def _free_ports(count):
 
 def _start(spec, directory, name):
     spec = dict(spec, out=os.path.join(directory, name + '.json'))
-    log = open(os.path.join(directory, name + '.log'), 'w')
-    process = subprocess.Popen([sys.executable, _TASK, json.dumps(spec)],
-                               stdout=log, stderr=subprocess.STDOUT)
-    return process, spec['out'], log.name
+    log = os.path.join(directory, name + '.log')
+    with open(log, 'w') as output:
+        process = subprocess.Popen([sys.executable, _TASK, json.dumps(spec)],
+                                   stdout=output, stderr=subprocess.STDOUT)
+    return process, spec['out'], log
 
 
-def _run(directory, scenario, **spec):
-    """Runs the tasks of `scenario` and returns each worker's findings."""
+def _run_cluster(directory, sync: bool):
+    """Runs a parameter server and two workers (`cluster_task.
+    between_graph`) and returns each worker's findings and the chief's
+    checkpoint directory."""
     directory = str(directory)
     ps_port, *worker_ports = _free_ports(3)
-    spec = dict(spec, scenario=scenario, steps=_STEPS,
+    spec = dict(scenario='between_graph', sync=sync, steps=_STEPS,
                 checkpoint_dir=os.path.join(directory, 'checkpoints'),
                 cluster={'ps': ['127.0.0.1:%d' % ps_port],
                          'worker': ['127.0.0.1:%d' % p for p in worker_ports]})
@@ -63,7 +64,8 @@ def _run(directory, scenario, **spec):
                 code = process.wait(timeout=max(0, deadline - time.time()))
             except subprocess.TimeoutExpired:
                 code = 'timeout'
-            assert code == 0, (code, open(log).read()[-3000:])
+            with open(log) as output:
+                assert code == 0, (code, output.read()[-3000:])
     finally:
         for process in [ps] + [w[0] for w in workers]:
             if process.poll() is None:
@@ -79,13 +81,13 @@ def _run(directory, scenario, **spec):
 @pytest.fixture(scope='module')
 def async_cluster(tmp_path_factory):
     """Between-graph replication, contrib's counter (shared by the workers)."""
-    return _run(tmp_path_factory.mktemp('ps'), 'ps', sync=False)
+    return _run_cluster(tmp_path_factory.mktemp('async'), sync=False)
 
 
 @pytest.fixture(scope='module')
 def sync_cluster(tmp_path_factory):
     """SyncReplicasOptimizer, delays in global steps, ref variables."""
-    return _run(tmp_path_factory.mktemp('sync'), 'ps', sync=True)
+    return _run_cluster(tmp_path_factory.mktemp('sync'), sync=True)
 
 
 @pytest.mark.parametrize('cluster,variable_type',
