@@ -29,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import graph_builders as gb  # pylint: disable=wrong-import-position
 import quantize_builders as qb  # pylint: disable=wrong-import-position
 import tf1_quantize  # pylint: disable=wrong-import-position
+from tf1_quantize import step_counter  # pylint: disable=wrong-import-position
 
 v1 = tf.compat.v1
 QUANT_DELAY = 4
@@ -109,9 +110,9 @@ def between_graph(spec, server) -> dict:
         train_op = tf.group(
             [optimizer.minimize(loss, global_step=global_step)] +
             v1.get_collection(v1.GraphKeys.UPDATE_OPS))
-        step = (graph.get_tensor_by_name('quant_delay_global_step:0') if sync
-                else graph.get_tensor_by_name(
-                    'fake_quantization_step/Identity:0'))
+        step = graph.get_tensor_by_name(
+            step_counter.GLOBAL_STEP_READ_NAME + ':0' if sync else
+            step_counter.STEP_TENSOR_NAME)
         fetches = {
             'step': step,
             'quantized': tensor_named(graph, 'activate_quant'),
