@@ -13,20 +13,16 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import os
-import sys
 from typing import Callable
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import numpy as np
+import pytest
+import tensorflow as tf
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import graph_builders as gb
+import graph_generator as gen
 
-import graph_builders as gb  # noqa: E402
-import graph_generator as gen  # noqa: E402
-
-import tf1_quantize  # noqa: E402
+import tf1_quantize
 
 v1 = tf.compat.v1
 

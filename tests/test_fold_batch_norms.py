@@ -12,18 +12,15 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
-import os
-import sys
 from typing import Callable, Optional
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import graph_builders as gb  # noqa: E402
+import graph_builders as gb
 
-import tf1_quantize  # noqa: E402
+import tf1_quantize
 
 v1 = tf.compat.v1
 

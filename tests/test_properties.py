@@ -23,21 +23,18 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import sys
 import tempfile
 from typing import Callable, Dict, List
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import numpy as np
+import pytest
+import tensorflow as tf
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
+import graph_generator as gen
 
-import graph_generator as gen  # noqa: E402
-
-import tf1_quantize  # noqa: E402
+import tf1_quantize
 
 v1 = tf.compat.v1
 
