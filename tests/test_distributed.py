@@ -291,3 +291,21 @@ def test_unknown_delay_counter_is_refused():
     with pytest.raises(ValueError, match='delay_counter'):
         tf1_quantize.experimental_create_training_graph(
             graph, quant_delay=3, delay_counter='steps')
+
+
+def test_partitioned_weights_place_ranges_with_their_first_part():
+    graph = tf.Graph()
+    setter = v1.train.replica_device_setter(
+        cluster=tf.train.ClusterSpec(_CLUSTER))
+    with graph.as_default():
+        with v1.device(setter):
+            images = v1.placeholder(tf.float32, [2, 6])
+            weights = v1.get_variable(
+                'fc/weights', [6, 4],
+                partitioner=v1.fixed_size_partitioner(2))
+            tf.nn.relu(tf.matmul(images, weights))
+        tf1_quantize.create_training_graph()
+    parts = [_device(graph, 'fc/weights/part_%d' % i) for i in range(2)]
+    assert parts[0] != parts[1]
+    assert _device(graph, 'weights_quant/min') == parts[0]
+    assert _device(graph, 'act_quant/max') == parts[0]
