@@ -805,3 +805,21 @@ def test_one_conv_fold_after_a_bare_layer_rewrites_twice():
                         quant_delay=3, scope='L1/', symmetric=False,
                         weight_bits=13),
         bn_training=True)
+
+
+def test_one_conv_folds_of_layers_sharing_a_scope_rewrite_twice():
+    """Found by the soak (seed 20261204): layers built in one name scope get
+    `one_conv_fold`, `one_conv_fold_1`, ... conds; a second rewrite must
+    recognise the numbered ones as the fold's own too. Property 4."""
+    desc = gen.GraphDesc((2, 3, 3, 2), (
+        gen.Norm(0, 'unfused', bn_scale=False),
+        gen.Layer(1, 'depthwise', 1, bn='unfused', activation='relu',
+                  unscoped=True),
+        gen.Layer(2, 'depthwise', 1, activation='relu6', unscoped=True),
+        gen.Layer(2, 'depthwise', 1, bn='unfused', activation='relu',
+                  unscoped=True),
+    ), resource=False, seed=23686)
+    check_second_rewrite_is_noop(
+        desc, gen._call('fold_batch_norms', freeze_bn_delay=0,
+                        is_training=True, one_conv_fold=True),
+        bn_training=True)

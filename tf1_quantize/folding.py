@@ -32,7 +32,7 @@ import tensorflow as tf
 
 from tf1_quantize import conditionals
 from tf1_quantize import graph_edit
-from tf1_quantize.names import CORRECTED_WEIGHTS, FOLDED_WEIGHTS
+from tf1_quantize.names import CORRECTED_WEIGHTS, FOLDED_WEIGHTS, ONE_CONV_FOLD
 from tf1_quantize import step_counter
 from tf1_quantize.errors import UnsupportedGraphError
 from tf1_quantize.patterns import BatchNormRecord, LayerRecord
@@ -311,7 +311,7 @@ def _one_conv_fold(graph, record: LayerRecord, names: _FoldNames,
     with graph_edit.absolute_name_scope(graph, names.bn_fold_scope):
         output, mean, variance = conditionals.smart_cond(
             use_moving, moving_statistics, batch_statistics,
-            name='one_conv_fold')
+            name=ONE_CONV_FOLD)
     graph_edit.reroute(mean, bn.mean_update.inputs[1],
                        can_modify=[bn.mean_update])
     graph_edit.reroute(variance, bn.variance_update.inputs[1],

@@ -41,6 +41,9 @@ def is_quantizer_op(op) -> bool:
             and base_name(scope).endswith(_QUANTIZER_SUFFIX))
 
 
+# The one-convolution fold's cond (`<scope>/one_conv_fold/...`).
+ONE_CONV_FOLD = 'one_conv_fold'
+
 # The quant_delay switch of a quantizer `<P>`: `<P>/delayed_quant`, a
 # Select, or with contrib's conds the scope of `<P>/delayed_quant/Merge`.
 DELAYED_QUANT = 'delayed_quant'
@@ -51,3 +54,11 @@ def is_delayed_quant(op) -> bool:
     if op.type == 'Merge':
         return DELAYED_QUANT + '/Merge' in op.name
     return op.type == 'Select' and base_name(op.name) == DELAYED_QUANT
+
+
+def is_own_conditional(name: str) -> bool:
+    """Whether `name` (an op's or a control-flow context's) lies in a
+    conditional a rewrite built: a delay switch or a one-convolution fold,
+    uniquified or not (`one_conv_fold_1/...` beside other layers)."""
+    return any(base_name(part) in (DELAYED_QUANT, ONE_CONV_FOLD)
+               for part in name.split('/')[:-1])

@@ -34,8 +34,6 @@ TRAINING_OP_TYPES = frozenset(
     ['ResourceSparseApply' + o for o in _SPARSE_OPTIMIZERS] +
     ['SparseApply' + o for o in _SPARSE_OPTIMIZERS])
 _CONDITIONAL_TYPES = ('If', 'StatelessIf', 'Switch')
-# Name scopes of the conditionals a rewrite builds (quant_delay, freeze).
-_OWN_CONDITIONALS = ('delayed_quant/', 'one_conv_fold/')
 _MIN_BITS, _MAX_BITS = 2, 16
 # The public names of strategy classes named otherwise.
 _STRATEGY_NAMES = {
@@ -248,7 +246,7 @@ def _check_conditional_layers(graph: tf.Graph) -> None:
             continue
         for reader in _layer_readers(op):
             if (reader.type in _CONDITIONAL_TYPES
-                    and not _is_own_conditional(reader.name)):
+                    and not names.is_own_conditional(reader.name)):
                 raise UnsupportedGraphError(
                     "Layer op '%s' feeds the conditional '%s' (%s), e.g. a "
                     'batch norm whose training flag is a tensor. Build the '
@@ -257,17 +255,13 @@ def _check_conditional_layers(graph: tf.Graph) -> None:
                     (op.name, reader.name, reader.type))
 
 
-def _is_own_conditional(name: str) -> bool:
-    return any(scope in name for scope in _OWN_CONDITIONALS)
-
-
 def _check_outside_control_flow(ops: Sequence[tf.Operation]) -> None:
     """TF1 while loops and conds keep their ops in a control-flow context;
     ops built outside it cannot read their outputs. A one-convolution fold's
     layer is inside the fold's own cond; nothing is added next to it."""
     for op in ops:
         context = op._get_control_flow_context()  # pylint: disable=protected-access
-        if context is not None and not _is_own_conditional(context.name):
+        if context is not None and not names.is_own_conditional(context.name):
             raise UnsupportedGraphError(
                 "Op '%s' is inside a %s (TF1 control flow); the rewrite "
                 'cannot add ops to it. Build the layers outside while loops '
