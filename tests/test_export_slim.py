@@ -1,44 +1,24 @@
 """A TF-slim network end to end: build, training rewrite, a few steps, eval
 rewrite with a fixed batch of 1, int8 export with per-sample parity.
 
-TF-slim 1.1.0 needs two client-side fixes on TF >= 2.14 (see README.md,
-"TF-slim networks"); `_fix_tf_slim` is that recipe. Skipped where tf-slim is
-not installed.
+TF-slim 1.1.0 needs two client-side fixes on TF >= 2.14 (README.md, "TF-slim
+networks"; `tf_slim_compat.patch_tf_slim`). Skipped where tf-slim is not
+installed.
 """
 
 import importlib
-import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorflow.python.framework import ops
 
 import tf1_quantize
 from tf1_quantize import export
+from tf1_quantize import tf_slim_compat
 
 v1 = tf.compat.v1
-_LEGACY_LAYERS = ('base', 'core', 'convolutional', 'normalization', 'pooling',
-                  'variable_scope_shim')
-
-
-def _fix_tf_slim():
-    """Makes tf-slim 1.1.0 build its nets on TF >= 2.14 (README recipe)."""
-    try:
-        legacy = importlib.import_module('tf_keras.src.legacy_tf_layers')
-    except ImportError:  # TF 2.15 without tf-keras: its Keras 2.
-        legacy = importlib.import_module('keras.src.legacy_tf_layers')
-    sys.modules.setdefault('tf_keras.legacy_tf_layers', legacy)
-    for name in _LEGACY_LAYERS:
-        sys.modules.setdefault(
-            f'tf_keras.legacy_tf_layers.{name}',
-            importlib.import_module(f'{legacy.__name__}.{name}'))
-    if not hasattr(ops, 'Tensor'):
-        ops.Tensor = tf.Tensor
-
-
 pytest.importorskip('tf_slim', reason='tf-slim is not installed')
-_fix_tf_slim()
+tf_slim_compat.patch_tf_slim()
 slim = importlib.import_module('tf_slim')
 resnet_v1 = importlib.import_module('tf_slim.nets.resnet_v1')
 
