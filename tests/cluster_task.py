@@ -22,9 +22,10 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 import numpy as np  # pylint: disable=wrong-import-position
 import tensorflow as tf  # pylint: disable=wrong-import-position
 
+# Run as a script, this file's directory (tests/) is on the path; the
+# repository root, for tf1_quantize, may not be.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import graph_builders as gb  # pylint: disable=wrong-import-position
 import quantize_builders as qb  # pylint: disable=wrong-import-position
