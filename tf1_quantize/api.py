@@ -12,6 +12,7 @@ from typing import Optional
 import tensorflow as tf
 from absl import logging
 
+from tf1_quantize import affine
 from tf1_quantize import folding
 from tf1_quantize import forward_folding
 from tf1_quantize import graph_edit
@@ -173,7 +174,7 @@ def fold_batch_norms(graph: Optional[tf.Graph] = None,
     """Folds every batch norm into the layer before it, without quantizing.
 
     A batch norm that follows no layer is folded forward into the layer
-    after it where that is exact (`patterns.find_forward_folds`), and left
+    after it where that is exact (`forward_folding.find_forward_folds`), and left
     as it is otherwise.
 
     Args:
@@ -274,7 +275,7 @@ def _mutate(graph: tf.Graph, plan: validation.Plan,
         forward_folding.fold_forward(graph, fold, is_training,
                                      freeze_bn_delay)
     affines = [
-        folding.rewrite_as_affine(graph, bn, is_training, freeze_bn_delay)
+        affine.rewrite_as_affine(graph, bn, is_training, freeze_bn_delay)
         for bn in plan.standalone
     ]
     if not plan.quantize:
@@ -291,7 +292,7 @@ def _split_standalone(graph: tf.Graph, records, quantize_layers: bool):
         (`ForwardFoldRecord`s, `BatchNormRecord`s).
     """
     standalone = patterns.find_standalone_batch_norms(graph, records)
-    forward = patterns.find_forward_folds(standalone, records)
+    forward = forward_folding.find_forward_folds(standalone, records)
     if not quantize_layers:
         return forward, []
     taken = {f.batch_norm.op for f in forward}

@@ -1,85 +1,31 @@
-"""Batch-norm folding: the math, for fused and unfused batch norms alike.
+"""Folding a batch norm into the layer before it: the folded weights, the
+layer clone and the output, in contrib's two-convolution form or the
+one-convolution form (the math of the corrections: `batch_norm_math`).
 
-Notation (Jacob et al. 2018, section 3.2; Krishnamoorthi 2018, section 3.2):
-``gamma``, ``beta`` the BN scale and offset; ``mu_B``, ``var_B`` the batch
-statistics; ``mu_mv``, ``var_mv`` the moving ones;
-``sigma = sqrt(var + eps)``.
+Eval (Jacob et al. 2018, section 3.2):
 
-Eval:      y = conv(x, w * gamma / sigma) + (beta - mu * gamma / sigma)
+    y = conv(x, w * gamma / sigma) + (beta - mu * gamma / sigma)
 
-Training (the folded weights use the moving sigma, so their quantization
-range moves slowly; the output is corrected back to batch statistics):
+Training (Krishnamoorthi 2018, section 3.2.2, Fig. 8-9): the folded weights
+use the moving sigma, so their quantization range moves slowly, and the
+output is corrected back to batch statistics until the freeze:
 
     w_fold = (sigma_B / sigma_mv) * w * gamma / sigma_B = w * gamma / sigma_mv
     y = conv(x, w_fold) * c_recip + c_offset + (beta - mu_B * gamma / sigma_B)
-
-with ``c_recip = sigma_mv / sigma_B`` and ``c_offset = 0`` before the freeze
-(exact batch-statistics BN), and ``c_recip = 1``,
-``c_offset = gamma * (mu_B / sigma_B - mu_mv / sigma_mv)`` after it (exact
-moving-statistics BN). After the freeze the moving-average updates see a
-decay of zero, so the moving statistics stop changing.
-
-A per-channel bias added between the layer and the BN (``conv + b``) only
-shifts both means by ``b``; the math uses the centred means ``mu - b``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from typing import List, Optional
 
 import tensorflow as tf
 
+from tf1_quantize import batch_norm_math as bn_math
 from tf1_quantize import conditionals
 from tf1_quantize import graph_edit
-from tf1_quantize.names import CORRECTED_WEIGHTS, FOLDED_WEIGHTS, ONE_CONV_FOLD
-from tf1_quantize import step_counter
 from tf1_quantize.errors import UnsupportedGraphError
+from tf1_quantize.names import CORRECTED_WEIGHTS, FOLDED_WEIGHTS, ONE_CONV_FOLD
 from tf1_quantize.patterns import BatchNormRecord, LayerRecord
-
-FOLD_GRADIENT_NAME = 'FoldFusedBatchNormGrad'
-
-
-@dataclasses.dataclass
-class _Statistics:
-    """The BN statistics the fold uses, means already centred."""
-    mean: tf.Tensor
-    variance: tf.Tensor
-    moving_mean: Optional[tf.Tensor] = None
-    moving_variance: Optional[tf.Tensor] = None
-
-
-@dataclasses.dataclass
-class _Corrections:
-    scale: tf.Tensor
-    recip: tf.Tensor
-    offset: tf.Tensor
-
-
-def validate(records: List[LayerRecord],
-             standalone: List[BatchNormRecord], is_training: bool,
-             one_conv: bool = False) -> None:
-    """Checks that every batch norm can be rewritten correctly.
-
-    Args:
-        records: the layers found in the graph.
-        standalone: the batch norms no layer folds (rewritten as affine ops).
-        is_training: whether the training rewrite is requested.
-        one_conv: whether training folds take the one-convolution form.
-
-    Raises:
-        UnsupportedGraphError: naming the op that cannot be rewritten and why.
-    """
-    for record in records:
-        if record.batch_norm is not None:
-            _validate_layer(record)
-            _validate_batch_norm(
-                record.batch_norm,
-                uses_training_fold(record.batch_norm, is_training))
-            if one_conv and is_training:
-                _validate_one_conv_epsilon(record.batch_norm)
-    for bn in standalone:
-        _validate_batch_norm(bn, is_training)
 
 
 def uses_training_fold(bn: BatchNormRecord, is_training: bool) -> bool:
@@ -93,76 +39,13 @@ def uses_training_fold(bn: BatchNormRecord, is_training: bool) -> bool:
     return bn.is_training and (is_training or bn.fused)
 
 
-def _validate_layer(record: LayerRecord) -> None:
-    layer_output = (record.batch_to_space or record.layer).outputs[0]
-    bn_output = record.batch_norm.output
-    if not layer_output.shape.is_compatible_with(bn_output.shape):
-        raise UnsupportedGraphError(
-            "Batch norm '%s' outputs shape %s but layer '%s' outputs %s; the "
-            'folded layer could not replace it.' %
-            (record.batch_norm.op.name, bn_output.shape, record.layer.name,
-             layer_output.shape))
-    if _is_nchw(record.layer):
-        raise UnsupportedGraphError(
-            "Op '%s' uses data_format NCHW; only NHWC layers can be folded. "
-            'Build the model with NHWC (channels last).' % record.layer.name)
-    if record.layer.type == 'DepthwiseConv2dNative' and not (
-            record.weights.shape.is_fully_defined()):
-        raise UnsupportedGraphError(
-            "Depthwise layer '%s' has weights of unknown shape %s; folding "
-            'needs the [kh, kw, in, multiplier] shape.' %
-            (record.layer.name, record.weights.shape))
-
-
-def _validate_batch_norm(bn: BatchNormRecord, is_training: bool) -> None:
-    name = bn.op.name
-    if _is_nchw(bn.op):
-        raise UnsupportedGraphError(
-            "Batch norm '%s' uses data_format NCHW; only NHWC batch norms can "
-            'be rewritten. Build the model with NHWC (channels last).' % name)
-    if bn.fused and bn.is_training and 'exponential_avg_factor' in (
-            bn.op.node_def.attr) and bn.op.get_attr(
-                'exponential_avg_factor') != 1.0:
-        raise UnsupportedGraphError(
-            "Batch norm '%s' updates its moving statistics inside the op "
-            '(exponential_avg_factor != 1); its batch statistics are not '
-            'available to fold. Update the moving averages with separate '
-            'ops, as tf.compat.v1 layers do in graph mode.' % name)
-    if is_training and bn.is_training and bn.moving_variance is None:
-        raise UnsupportedGraphError(
-            "Batch norm '%s' normalizes with batch statistics but no "
-            'moving-average update ((moving - batch) * decay) of its mean '
-            'and variance was found, so its training fold (used in an eval '
-            'rewrite too when a fused batch norm says is_training, as in '
-            'contrib) cannot be built. Keep the update ops in the graph '
-            '(UPDATE_OPS), or build the batch norm with is_training=False.'
-            % name)
-
-
-def _validate_one_conv_epsilon(bn: BatchNormRecord) -> None:
-    """The one-convolution fold builds a FusedBatchNormV3, whose epsilon is
-    an attribute: an unfused batch norm's epsilon must be a constant."""
-    if bn.fused or not bn.is_training:
-        return
-    if tf.get_static_value(bn.epsilon) is None:
-        raise UnsupportedGraphError(
-            "Batch norm '%s' adds an epsilon computed at run time (%s); "
-            'one_conv_fold needs a constant epsilon. Use a constant or the '
-            'default two-convolution fold.' % (bn.op.name, bn.epsilon.name))
-
-
-def _is_nchw(op: tf.Operation) -> bool:
-    return (('data_format' in op.node_def.attr) and
-            op.get_attr('data_format') in (b'NCHW', 'NCHW'))
-
-
 def fold(graph: tf.Graph, records: List[LayerRecord], is_training: bool,
          freeze_bn_delay: Optional[int], one_conv: bool = False) -> None:
     """Folds the batch norm of each record into its layer, in place.
 
-    Call `validate` first. Each folded record is updated to describe the new
-    ops: `layer` becomes the `<layer>_Fold` clone, `weights` the `mul_fold`
-    product and `bias_add` the `add_fold` op.
+    Call `validation.check_plan` first. Each folded record is updated to
+    describe the new ops: `layer` becomes the `<layer>_Fold` clone,
+    `weights` the `mul_fold` product and `bias_add` the `add_fold` op.
 
     Args:
         graph: the graph holding the records.
@@ -206,13 +89,13 @@ def _exact_fold(graph, record: LayerRecord, names: _FoldNames,
         (folded weights, clone, BatchToSpaceND clone or None, output).
     """
     bn = record.batch_norm
-    stats = _statistics(graph, bn, training)
-    multiplier, bias = _multiplier_and_bias(graph, bn, stats,
-                                            names.bn_fold_scope)
+    stats = bn_math.statistics(graph, bn, training)
+    multiplier, bias = bn_math.multiplier_and_bias(graph, bn, stats,
+                                                   names.bn_fold_scope)
     corrections = None
     if training:
-        corrections = _corrections(graph, bn, stats, names.bn_fold_scope,
-                                   freeze_bn_delay)
+        corrections = bn_math.corrections(graph, bn, stats,
+                                          names.bn_fold_scope, freeze_bn_delay)
     weights = _folded_weights(graph, record, names, multiplier, corrections)
     output, layer, batch_to_space = _clone_layer(graph, record, weights,
                                                  names)
@@ -227,7 +110,7 @@ def _exact_fold(graph, record: LayerRecord, names: _FoldNames,
 
 
 def _folded_weights(graph, record: LayerRecord, names, multiplier,
-                    corrections: Optional[_Corrections]) -> tf.Tensor:
+                    corrections: Optional[bn_math.Corrections]) -> tf.Tensor:
     """`w * gamma / sigma`, times `sigma_B / sigma_mv` in training."""
     weights = record.weights
     with graph_edit.absolute_name_scope(graph, names.bn_fold_scope):
@@ -271,7 +154,7 @@ def _one_conv_fold(graph, record: LayerRecord, names: _FoldNames,
     """
     bn = record.batch_norm
     with graph_edit.absolute_name_scope(graph, names.bn_fold_scope):
-        scale = _scale(bn.gamma, bn.moving_variance, bn.epsilon)
+        scale = bn_math.scale(bn.gamma, bn.moving_variance, bn.epsilon)
         scale = (tf.stop_gradient(scale, name='scale')
                  if freeze_bn_delay is None else
                  tf.identity(scale, name='scale'))
@@ -279,10 +162,13 @@ def _one_conv_fold(graph, record: LayerRecord, names: _FoldNames,
     with graph_edit.absolute_name_scope(graph, names.layer_scope):
         weights = tf.multiply(record.weights, multiplier,
                               name=FOLDED_WEIGHTS)
-    use_moving = _use_moving_average(graph, freeze_bn_delay)
-    _freeze_moving_average(bn.mean_decay, use_moving, 'freeze_moving_mean')
-    _freeze_moving_average(bn.variance_decay, use_moving, 'freeze_moving_var')
-    moving_mean = _centred(graph, bn, bn.moving_mean, 'centred_moving_mean')
+    use_moving = bn_math.use_moving_average(graph, freeze_bn_delay)
+    bn_math.freeze_moving_average(bn.mean_decay, use_moving,
+                                  'freeze_moving_mean')
+    bn_math.freeze_moving_average(bn.variance_decay, use_moving,
+                                  'freeze_moving_var')
+    moving_mean = bn_math.centred(graph, bn, bn.moving_mean,
+                                  'centred_moving_mean')
     batch_clone = []
 
     def clone_layer(layer_weights):
@@ -338,7 +224,7 @@ def _normalize_with_batch_statistics(x: tf.Tensor, bn: BatchNormRecord):
     if bn.pre_bias is not None:  # `x` lacks it; only the mean notices.
         mean = tf.add(mean, bn.pre_bias, name='mean_with_pre_bias')
     if not bn.fused:  # Output 2 carries Bessel's correction; undo it.
-        n = _elements_per_channel(inputs, mean)
+        n = bn_math.elements_per_channel(inputs, mean)
         variance = tf.multiply(variance, (n - 1.0) / n, name='biased_variance')
     return output, mean, variance
 
@@ -347,14 +233,6 @@ def _static_epsilon(bn: BatchNormRecord) -> float:
     if bn.fused:
         return bn.epsilon
     return float(tf.get_static_value(bn.epsilon))
-
-
-def _scale(gamma, variance, epsilon) -> tf.Tensor:
-    """`gamma / sqrt(variance + epsilon)` (without gamma when it is None)."""
-    multiplier = tf.math.rsqrt(variance + epsilon)
-    if gamma is not None:
-        multiplier = tf.multiply(gamma, multiplier, name='mul')
-    return multiplier
 
 
 class _FoldNames:
@@ -383,126 +261,6 @@ class _FoldNames:
             return op.name + '_Fold'
         return graph_edit.join_scope(self.layer_scope,
                                      op.name.rpartition('/')[2] + '_Fold')
-
-
-def _statistics(graph, bn: BatchNormRecord, training_fold: bool) -> _Statistics:
-    variance = bn.variance
-    if bn.fused and bn.is_training:
-        variance = _undo_bessel_correction(graph, bn)
-    stats = _Statistics(mean=bn.mean, variance=variance)
-    if training_fold:
-        stats.moving_mean = bn.moving_mean
-        stats.moving_variance = bn.moving_variance
-    _centre(graph, bn, stats)
-    return stats
-
-
-def _centre(graph, bn: BatchNormRecord, stats: _Statistics) -> None:
-    """Shifts the means by a bias added before the batch norm (see the
-    module docstring)."""
-    stats.mean = _centred(graph, bn, stats.mean, 'centred_mean')
-    if stats.moving_mean is not None:
-        stats.moving_mean = _centred(graph, bn, stats.moving_mean,
-                                     'centred_moving_mean')
-
-
-def _centred(graph, bn: BatchNormRecord, mean: tf.Tensor,
-             name: str) -> tf.Tensor:
-    """`mean` minus the bias added before the batch norm, if any."""
-    if bn.pre_bias is None:
-        return mean
-    with graph_edit.absolute_name_scope(graph, graph_edit.scope_of(bn.op)):
-        return tf.subtract(mean, bn.pre_bias, name=name)
-
-
-def _undo_bessel_correction(graph, bn: BatchNormRecord) -> tf.Tensor:
-    """A training-mode fused BN outputs the unbiased batch variance
-    (times n / (n - 1)); normalization used the biased one."""
-    graph_edit.set_attr(bn.op, '_gradient_op_type',
-                        tf.compat.v1.AttrValue(s=FOLD_GRADIENT_NAME.encode()))
-    with graph_edit.absolute_name_scope(graph, graph_edit.scope_of(bn.op)):
-        n = _elements_per_channel(bn.input, bn.mean)
-        return tf.multiply(bn.variance, (n - 1.0) / n,
-                           name='Undo_Bessel_Correction')
-
-
-def _elements_per_channel(x: tf.Tensor, channel_vector: tf.Tensor):
-    return tf.cast(tf.size(x), tf.float32) / tf.cast(tf.size(channel_vector),
-                                                     tf.float32)
-
-
-def _multiplier_and_bias(graph, bn: BatchNormRecord, stats: _Statistics,
-                         scope: str):
-    """`gamma / sigma` and `beta - mean * gamma / sigma`, built in `scope`.
-
-    An unfused BN already computes both; they are reused unless a pre-BN
-    bias changes the mean.
-    """
-    if bn.multiplier is not None and bn.pre_bias is None:
-        return bn.multiplier, bn.bias
-    with graph_edit.absolute_name_scope(graph, scope):
-        multiplier = bn.multiplier
-        if multiplier is None:
-            multiplier = _scale(bn.gamma, stats.variance, bn.epsilon)
-        bias = tf.subtract(bn.beta, stats.mean * multiplier, name='bias')
-    return multiplier, bias
-
-
-def _corrections(graph, bn: BatchNormRecord, stats: _Statistics,
-                 fold_scope: str, freeze_bn_delay) -> _Corrections:
-    """The training-time correction factors (see the module docstring), in
-    `<fold_scope>/batch_norm_correction`."""
-    correction_scope = graph_edit.join_scope(fold_scope,
-                                             'batch_norm_correction')
-    with graph_edit.absolute_name_scope(graph, correction_scope):
-        recip_sigma_mv = tf.math.rsqrt(stats.moving_variance + bn.epsilon)
-        recip_sigma = tf.math.rsqrt(stats.variance + bn.epsilon)
-        scale = tf.identity(tf.math.divide(recip_sigma_mv, recip_sigma,
-                                           name='scale_compute'),
-                            name='correction_scale')
-        reciprocal = tf.math.reciprocal(scale, name='reciprocal_compute')
-        gamma = bn.gamma if bn.gamma is not None else tf.ones_like(stats.mean)
-        offset = tf.multiply(gamma, stats.mean * recip_sigma -
-                             stats.moving_mean * recip_sigma_mv,
-                             name='offset_compute')
-        use_moving = _use_moving_average(graph, freeze_bn_delay)
-        _freeze_moving_average(bn.mean_decay, use_moving, 'freeze_moving_mean')
-        _freeze_moving_average(bn.variance_decay, use_moving,
-                               'freeze_moving_var')
-        recip = conditionals.choose(use_moving,
-                                    lambda: _constant_like(reciprocal, 1.0),
-                                    lambda: reciprocal,
-                                    name='correction_recip')
-        offset = conditionals.choose(use_moving, lambda: offset,
-                                     lambda: _constant_like(offset, 0.0),
-                                     name='correction_offset')
-    return _Corrections(scale=scale, recip=recip, offset=offset)
-
-
-def _constant_like(tensor: tf.Tensor, value: float) -> tf.Tensor:
-    """A constant shaped like `tensor`; unlike `ones_like`/`zeros_like` it
-    does not make the graph compute `tensor` when its shape is static."""
-    if tensor.shape.is_fully_defined():
-        return tf.fill(tensor.shape.as_list(), value)
-    return tf.fill(tf.shape(tensor), value)
-
-
-def _use_moving_average(graph, freeze_bn_delay):
-    if freeze_bn_delay is None:
-        return False
-    step = step_counter.delay_step(graph)
-    return tf.greater_equal(step, tf.constant(freeze_bn_delay, step.dtype),
-                            name='use_moving_average')
-
-
-def _freeze_moving_average(decay: tf.Tensor, use_moving, name: str) -> None:
-    """After the freeze the moving-average update sees a decay of 0."""
-    if isinstance(use_moving, bool):
-        return
-    readers = graph_edit.consumers(decay)
-    frozen = conditionals.choose(use_moving, lambda: tf.zeros_like(decay),
-                                 lambda: decay, name=name)
-    graph_edit.reroute(frozen, decay, can_modify=readers)
 
 
 def _per_output_channel(vector: tf.Tensor, record: LayerRecord,
@@ -551,138 +309,3 @@ def _copy_op(graph, op: tf.Operation, inputs, name: str) -> tf.Operation:
                                attrs=attrs)
 
 
-@dataclasses.dataclass
-class AffineBatchNorm:
-    """A batch norm no layer folds, rewritten as `x * multiplier + offset`.
-
-    Attributes:
-        batch_norm: the batch norm rewritten.
-        scope: name scope of the new ops.
-        multiplier: `gamma / sigma` per channel.
-        offset: `beta - mean * gamma / sigma` per channel.
-        mul: the `x * multiplier` op.
-        add: the `+ offset` op; it replaced the batch norm's output.
-    """
-    batch_norm: BatchNormRecord
-    scope: str
-    multiplier: tf.Tensor
-    offset: tf.Tensor
-    mul: tf.Operation
-    add: tf.Operation
-
-
-def rewrite_as_affine(graph: tf.Graph, bn: BatchNormRecord, is_training: bool,
-                      freeze_bn_delay: Optional[int]) -> AffineBatchNorm:
-    """Replaces a batch norm by a per-channel multiply and add, in place.
-
-    In training the batch statistics are used until `freeze_bn_delay`, then
-    the moving ones (whose updates stop), exactly as for folded batch norms;
-    the original batch norm keeps computing the statistics.
-
-    Args:
-        graph: the graph holding `bn`.
-        bn: the batch norm (validated by `validate`).
-        is_training: build the training form.
-        freeze_bn_delay: step from which moving statistics are used, or None.
-
-    Returns:
-        The new ops, for quantization.
-    """
-    training = is_training and bn.is_training
-    stats = _statistics(graph, bn, training)
-    scope = graph_edit.join_scope(graph_edit.scope_of(bn.op), 'affine')
-    with graph_edit.absolute_name_scope(graph, scope):
-        mean, variance = stats.mean, stats.variance
-        if training and freeze_bn_delay is not None:
-            use_moving = _use_moving_average(graph, freeze_bn_delay)
-            _freeze_moving_average(bn.mean_decay, use_moving,
-                                   'freeze_moving_mean')
-            _freeze_moving_average(bn.variance_decay, use_moving,
-                                   'freeze_moving_var')
-            mean = conditionals.choose(use_moving,
-                                       lambda: stats.moving_mean,
-                                       lambda: mean, name='mean')
-            variance = conditionals.choose(use_moving,
-                                           lambda: stats.moving_variance,
-                                           lambda: variance, name='variance')
-        multiplier = _scale(bn.gamma, variance, bn.epsilon)
-        offset = tf.subtract(bn.beta, mean * multiplier, name='offset')
-        # Only the multiply reads this copy, so its FakeQuant affects only it.
-        multiplier = tf.identity(multiplier, name='multiplier')
-        scaled = tf.multiply(bn.input, multiplier, name='scaled')
-        output = tf.raw_ops.Add(x=scaled, y=offset, name='shifted')
-    graph_edit.reroute(output, bn.output)
-    return AffineBatchNorm(batch_norm=bn, scope=scope, multiplier=multiplier,
-                           offset=offset, mul=scaled.op, add=output.op)
-
-
-@tf.RegisterGradient(FOLD_GRADIENT_NAME)
-def _fold_fused_batch_norm_grad(op, *grads):
-    """Gradient of a folded fused BN through its batch mean and variance.
-
-    After folding only outputs 1 (mean) and 2 (unbiased variance) are used;
-    the op's own gradient ignores them. d mean / dx = 1 / n and
-    d var / dx = 2 (x - mean) / (n - 1).
-    """
-    x, mean = op.inputs[0], op.outputs[1]
-    grad_mean, grad_var = grads[1], grads[2]
-    n = _elements_per_channel(x, mean)
-    # Per-channel factors first: only (x - mean) * a + b touches all of x.
-    offset = grad_mean / n if grad_mean is not None else 0.0
-    # One element per channel: the variance is 0 whatever x is.
-    factor = (tf.math.divide_no_nan(2.0 * grad_var, n - 1.0)
-              if grad_var is not None else 0.0)
-    grad_x = (x - mean) * factor + offset
-    return [grad_x] + [None] * (len(op.inputs) - 1)
-
-
-@dataclasses.dataclass
-class ChannelTerms:
-    """A batch norm as ``(x * correction) * scale + offset`` per channel.
-
-    Folding it forward scales the next layer's weights by `scale` along their
-    input axis and adds the layer's response to `offset` to its bias (see
-    `forward_folding`).
-
-    Attributes:
-        scale: `gamma / sigma` (eval) or `gamma / sigma_mv` (training).
-        offset: `beta - mu * gamma / sigma` with the statistics in use: in
-            training the batch ones until the freeze, then the moving ones.
-        correction: training only, `sigma_mv / sigma_B` until the freeze,
-            then 1; None in eval.
-    """
-    scale: tf.Tensor
-    offset: tf.Tensor
-    correction: Optional[tf.Tensor] = None
-
-
-def channel_terms(graph: tf.Graph, bn: BatchNormRecord, is_training: bool,
-                  freeze_bn_delay: Optional[int], scope: str) -> ChannelTerms:
-    """Builds the per-channel terms of a batch norm folded forward.
-
-    The training terms use the corrections of the module docstring, so the
-    weights they scale move with the moving sigma only, the batch norm's
-    output is exact before and after the freeze, and the moving averages
-    stop at the freeze, as for backward folds.
-
-    Args:
-        graph: the graph holding `bn`.
-        bn: the batch norm (validated by `validate`).
-        is_training: build the training form.
-        freeze_bn_delay: step from which moving statistics are used, or None.
-        scope: name scope of the new ops.
-
-    Returns:
-        The `ChannelTerms`.
-    """
-    training = is_training and bn.is_training
-    stats = _statistics(graph, bn, training)
-    multiplier, bias = _multiplier_and_bias(graph, bn, stats, scope)
-    if not training:
-        return ChannelTerms(scale=multiplier, offset=bias)
-    corrections = _corrections(graph, bn, stats, scope, freeze_bn_delay)
-    with graph_edit.absolute_name_scope(graph, scope):
-        scale = _scale(bn.gamma, stats.moving_variance, bn.epsilon)
-        offset = tf.add(bias, corrections.offset, name='offset')
-    return ChannelTerms(scale=scale, offset=offset,
-                        correction=corrections.recip)

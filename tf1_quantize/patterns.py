@@ -36,14 +36,14 @@ _weight_identity = P(
 _weight_resource = P('ReadVariableOp', name='weight_read')
 _weight_concat = P('ConcatV2', name='weight_read',
                    inputs=[_partition_read, 'Const'], variadic=True)
-_weight_read = OneofPattern(
+WEIGHT_READ = OneofPattern(
     [_weight_identity, _weight_resource, _weight_concat])
 _folded_weight = P('Mul', name='folded_weight')
 
 # --- The layer op and what may directly follow it -------------------------
 _layer = P('|'.join(LAYER_TYPES),
            name='layer',
-           inputs=['*', OneofPattern([_weight_read, _folded_weight])])
+           inputs=['*', OneofPattern([WEIGHT_READ, _folded_weight])])
 _batch_to_space = P('BatchToSpaceND',
                     name='batch_to_space',
                     inputs=[_layer, '*', '*'])
@@ -165,7 +165,7 @@ _post_activation_bypass = P(ADD,
                             ordered_inputs=False)
 # A conv fed directly by another conv (separable convolution).
 _inner_layer = P('|'.join(LAYER_TYPES), name='layer',
-                 inputs=['*', _weight_read])
+                 inputs=['*', WEIGHT_READ])
 _sep_conv = P('|'.join(LAYER_TYPES),
               name='sep_conv',
               inputs=[
@@ -202,15 +202,7 @@ _LAYER_MATCHERS = [
 ]
 # Any layer reading variable weights (`quantize_bare_layers`).
 _BARE_LAYER_MATCHER = GraphMatcher(P('|'.join(LAYER_TYPES), name='layer',
-                                     inputs=['*', _weight_read]))
-
-# --- A layer a standalone batch norm folds forward into --------------------
-# Its weights are still a variable read (not folded, not constant), so that
-# scaling them per input feature is exact for every value they take.
-_FORWARD_FOLD_LAYER_MATCHER = GraphMatcher(
-    P('Conv2D|MatMul', name='layer', inputs=['*', _weight_read]))
-# Ops that keep the row-major element order between the batch norm and it.
-_FORWARD_FOLD_PATH_TYPES = ('Reshape', 'Identity')
+                                     inputs=['*', WEIGHT_READ]))
 
 
 @dataclasses.dataclass
@@ -578,146 +570,3 @@ def _moving_average_update(statistic: tf.Tensor):
                 if other:
                     return sub, other[0]
     return None, None
-
-
-# ---------------------------------------------------------------------------
-# Folding standalone batch norms forward.
-
-
-@dataclasses.dataclass
-class ForwardFoldRecord:
-    """A standalone batch norm that folds exactly into the layer after it.
-
-    Attributes:
-        batch_norm: the batch norm.
-        layer: the record of the layer that reads its output.
-        path: the Reshape / Identity ops in between, first reader first.
-        repeats: how often the channels repeat along the layer's input
-            features (H * W after a flatten, else 1).
-    """
-    batch_norm: BatchNormRecord
-    layer: LayerRecord
-    path: List[tf.Operation]
-    repeats: int
-
-    @property
-    def reader(self) -> tf.Operation:
-        """The op that reads the batch norm's output."""
-        return self.path[0] if self.path else self.layer.layer
-
-
-def find_forward_folds(
-        standalone: Sequence[BatchNormRecord],
-        records: Sequence[LayerRecord]) -> List[ForwardFoldRecord]:
-    """Finds the standalone batch norms that fold exactly into the next layer.
-
-    That is exact for every value of the parameters when the batch norm's
-    output only reaches input 0 of a MatMul (not `transpose_a`) or of a
-    VALID-padded NHWC Conv2D whose weights are a variable read, through
-    Reshape / Identity ops that nothing else reads, and the layer has no
-    batch norm of its own (its backward fold needs the layer's unfolded
-    output, so such batch norms stay affine). Reshapes keep the row-major
-    element order and the channel is the batch norm's last axis, so input
-    feature `d` of the layer always sees channel `d mod C`. Not exact, so
-    not matched: a MaxPool in between (gamma may be negative), SAME or
-    EXPLICIT padding (padded zeros are not BN(0)), depthwise layers.
-
-    Args:
-        standalone: the batch norms `find_standalone_batch_norms` found.
-        records: the layers `find_layers` found.
-
-    Returns:
-        A `ForwardFoldRecord` per batch norm that folds forward, in order.
-    """
-    layers = {r.layer: r for r in records}
-    found = []
-    for bn in standalone:
-        fold = _forward_fold(bn, layers)
-        if fold is not None:
-            found.append(fold)
-    return found
-
-
-def _forward_fold(bn: BatchNormRecord,
-                  layers) -> Optional[ForwardFoldRecord]:
-    path, tensor = [], bn.output
-    while True:
-        readers = graph_edit.consumers(tensor)
-        if len(readers) != 1 or not graph_edit.same_tensor(
-                readers[0].inputs[0], tensor):
-            return None
-        if readers[0].type not in _FORWARD_FOLD_PATH_TYPES:
-            break
-        path.append(readers[0])
-        tensor = readers[0].outputs[0]
-    record = layers.get(readers[0])
-    if record is None or not _takes_forward_fold(record):
-        return None
-    repeats = _channel_repeats(bn, tensor)
-    if repeats is None:
-        return None
-    return ForwardFoldRecord(batch_norm=bn, layer=record, path=path,
-                             repeats=repeats)
-
-
-def _takes_forward_fold(record: LayerRecord) -> bool:
-    layer = record.layer
-    if (record.batch_norm is not None or record.batch_to_space is not None
-            or record.is_separable_inner
-            or _FORWARD_FOLD_LAYER_MATCHER.match_op(layer) is None
-            or not _has_separate_bias(record)):
-        return False
-    if layer.type == 'MatMul':
-        return not layer.get_attr('transpose_a')
-    return (_string_attr(layer, 'padding') == 'VALID'
-            and _string_attr(layer, 'data_format') == 'NHWC')
-
-
-def _has_separate_bias(record: LayerRecord) -> bool:
-    """No bias add, or one that alone reads the layer's output and adds a
-    per-channel vector, which can take the folded bias as another term.
-
-    The patterns call any Add after a layer its bias add (as contrib did);
-    a residual sum of two activations is not a place for the bias.
-    """
-    add = record.bias_add
-    if add is None:
-        return True
-    output = record.layer.outputs[0]
-    others = [t for t in add.inputs if not graph_edit.same_tensor(t, output)]
-    return (len(others) == 1 and graph_edit.consumers(output) == [add]
-            and _is_channel_vector(others[0], output.shape[-1])
-            and (add.type != 'BiasAdd'
-                 or _string_attr(add, 'data_format') == 'NHWC'))
-
-
-def _string_attr(op: tf.Operation, name: str) -> str:
-    """A string attribute; NHWC when a `data_format` was left out."""
-    if name not in op.node_def.attr:
-        return 'NHWC'
-    value = op.get_attr(name)
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _channel_repeats(bn: BatchNormRecord,
-                     features: tf.Tensor) -> Optional[int]:
-    """How often the channels tile the layer's input features, or None
-    when the shapes do not say statically."""
-    if bn.input.shape.rank is None or features.shape.rank is None:
-        return None
-    channels = bn.input.shape[-1]
-    width = features.shape[-1]
-    if channels is None or width is None or width % channels:
-        return None
-    vectors = (bn.gamma, bn.beta, bn.mean, bn.variance, bn.moving_mean,
-               bn.moving_variance)
-    if not all(v is None or _is_channel_vector(v, channels)
-               for v in vectors):
-        return None
-    return width // channels
-
-
-def _is_channel_vector(tensor: tf.Tensor, channels: int) -> bool:
-    shape = tensor.shape
-    return (shape.is_fully_defined() and shape.rank >= 1
-            and shape[-1] == channels and shape.num_elements() == channels)

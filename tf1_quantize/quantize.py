@@ -12,7 +12,7 @@ from typing import Dict, List, Optional, Sequence, Set
 
 import tensorflow as tf
 
-from tf1_quantize import folding
+from tf1_quantize import affine as affine_lib
 from tf1_quantize import graph_edit
 from tf1_quantize import names
 from tf1_quantize import placement
@@ -168,7 +168,7 @@ def is_followed_by_fake_quant(tensor: tf.Tensor) -> bool:
 
 
 def quantize_layers(graph: tf.Graph, records: Sequence[LayerRecord],
-                    affines: Sequence[folding.AffineBatchNorm],
+                    affines: Sequence[affine_lib.AffineBatchNorm],
                     config: QuantizeConfig,
                     weight_devices: Sequence[str]) -> List[InsertedQuant]:
     """Inserts the FakeQuants of every layer, then of intermediate ops.
@@ -230,7 +230,7 @@ def _quantize_layer(inserter: _Inserter, record: LayerRecord) -> None:
 
 
 def _quantize_affine(inserter: _Inserter,
-                     affine: folding.AffineBatchNorm) -> None:
+                     affine: affine_lib.AffineBatchNorm) -> None:
     """A standalone batch norm becomes integer Mul and Add ops in TFLite:
     its multiplier is quantized like weights, its offset and both outputs
     like activations."""

@@ -15,6 +15,7 @@ from typing import List, Optional, Sequence
 import tensorflow as tf
 
 from tf1_quantize import folding
+from tf1_quantize import forward_folding
 from tf1_quantize import names
 from tf1_quantize import patterns
 from tf1_quantize import step_counter
@@ -58,7 +59,7 @@ class Plan:
     mode: str
     quantize: bool
     records: List[patterns.LayerRecord]
-    forward: List[patterns.ForwardFoldRecord]
+    forward: List[forward_folding.ForwardFoldRecord]
     standalone: List[patterns.BatchNormRecord]
     one_conv_fold: bool = False
     per_channel_weights: bool = False
@@ -164,7 +165,7 @@ def check_plan(graph: tf.Graph, plan: Plan) -> None:
         [r.batch_norm.op for r in plan.records if r.batch_norm is not None] +
         [f.batch_norm.op for f in plan.forward] +
         [bn.op for bn in plan.standalone])
-    folding.validate(plan.records,
+    _check_batch_norms(plan.records,
                      [f.batch_norm for f in plan.forward] + plan.standalone,
                      plan.mode == names.TRAINING, plan.one_conv_fold)
     _check_float32(plan)
@@ -261,7 +262,8 @@ def _check_outside_control_flow(ops: Sequence[tf.Operation]) -> None:
     layer is inside the fold's own cond; nothing is added next to it."""
     for op in ops:
         context = op._get_control_flow_context()  # pylint: disable=protected-access
-        if context is not None and not names.is_own_conditional(context.name):
+        if context is not None and not names.is_own_conditional(
+                context.name):
             raise UnsupportedGraphError(
                 "Op '%s' is inside a %s (TF1 control flow); the rewrite "
                 'cannot add ops to it. Build the layers outside while loops '
@@ -275,3 +277,93 @@ def _layer_readers(op: tf.Operation):
         if reader.type in ('Identity', 'BiasAdd'):
             readers.extend(reader.outputs[0].consumers())
     return readers
+
+
+def _check_batch_norms(records: List[patterns.LayerRecord],
+                       standalone: List[patterns.BatchNormRecord],
+                       is_training: bool, one_conv: bool = False) -> None:
+    """Checks that every batch norm can be rewritten correctly.
+
+    Args:
+        records: the layers found in the graph.
+        standalone: the batch norms no layer folds (rewritten as affine ops).
+        is_training: whether the training rewrite is requested.
+        one_conv: whether training folds take the one-convolution form.
+
+    Raises:
+        UnsupportedGraphError: naming the op that cannot be rewritten and why.
+    """
+    for record in records:
+        if record.batch_norm is not None:
+            _validate_layer(record)
+            _validate_batch_norm(
+                record.batch_norm,
+                folding.uses_training_fold(record.batch_norm, is_training))
+            if one_conv and is_training:
+                _validate_one_conv_epsilon(record.batch_norm)
+    for bn in standalone:
+        _validate_batch_norm(bn, is_training)
+
+
+def _validate_layer(record: patterns.LayerRecord) -> None:
+    layer_output = (record.batch_to_space or record.layer).outputs[0]
+    bn_output = record.batch_norm.output
+    if not layer_output.shape.is_compatible_with(bn_output.shape):
+        raise UnsupportedGraphError(
+            "Batch norm '%s' outputs shape %s but layer '%s' outputs %s; the "
+            'folded layer could not replace it.' %
+            (record.batch_norm.op.name, bn_output.shape, record.layer.name,
+             layer_output.shape))
+    if _is_nchw(record.layer):
+        raise UnsupportedGraphError(
+            "Op '%s' uses data_format NCHW; only NHWC layers can be folded. "
+            'Build the model with NHWC (channels last).' % record.layer.name)
+    if record.layer.type == 'DepthwiseConv2dNative' and not (
+            record.weights.shape.is_fully_defined()):
+        raise UnsupportedGraphError(
+            "Depthwise layer '%s' has weights of unknown shape %s; folding "
+            'needs the [kh, kw, in, multiplier] shape.' %
+            (record.layer.name, record.weights.shape))
+
+
+def _validate_batch_norm(bn: patterns.BatchNormRecord,
+                         is_training: bool) -> None:
+    name = bn.op.name
+    if _is_nchw(bn.op):
+        raise UnsupportedGraphError(
+            "Batch norm '%s' uses data_format NCHW; only NHWC batch norms can "
+            'be rewritten. Build the model with NHWC (channels last).' % name)
+    if bn.fused and bn.is_training and 'exponential_avg_factor' in (
+            bn.op.node_def.attr) and bn.op.get_attr(
+                'exponential_avg_factor') != 1.0:
+        raise UnsupportedGraphError(
+            "Batch norm '%s' updates its moving statistics inside the op "
+            '(exponential_avg_factor != 1); its batch statistics are not '
+            'available to fold. Update the moving averages with separate '
+            'ops, as tf.compat.v1 layers do in graph mode.' % name)
+    if is_training and bn.is_training and bn.moving_variance is None:
+        raise UnsupportedGraphError(
+            "Batch norm '%s' normalizes with batch statistics but no "
+            'moving-average update ((moving - batch) * decay) of its mean '
+            'and variance was found, so its training fold (used in an eval '
+            'rewrite too when a fused batch norm says is_training, as in '
+            'contrib) cannot be built. Keep the update ops in the graph '
+            '(UPDATE_OPS), or build the batch norm with is_training=False.'
+            % name)
+
+
+def _validate_one_conv_epsilon(bn: patterns.BatchNormRecord) -> None:
+    """The one-convolution fold builds a FusedBatchNormV3, whose epsilon is
+    an attribute: an unfused batch norm's epsilon must be a constant."""
+    if bn.fused or not bn.is_training:
+        return
+    if tf.get_static_value(bn.epsilon) is None:
+        raise UnsupportedGraphError(
+            "Batch norm '%s' adds an epsilon computed at run time (%s); "
+            'one_conv_fold needs a constant epsilon. Use a constant or the '
+            'default two-convolution fold.' % (bn.op.name, bn.epsilon.name))
+
+
+def _is_nchw(op: tf.Operation) -> bool:
+    return (('data_format' in op.node_def.attr) and
+            op.get_attr('data_format') in (b'NCHW', 'NCHW'))
