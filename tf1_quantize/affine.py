@@ -12,7 +12,7 @@ import tensorflow as tf
 from tf1_quantize import batch_norm_math as bn_math
 from tf1_quantize import conditionals
 from tf1_quantize import graph_edit
-from tf1_quantize.patterns import BatchNormRecord
+from tf1_quantize.records import BatchNormRecord
 
 @dataclasses.dataclass
 class AffineBatchNorm:

@@ -17,7 +17,7 @@ from tf1_quantize import folding
 from tf1_quantize import forward_folding
 from tf1_quantize import graph_edit
 from tf1_quantize import names
-from tf1_quantize import patterns
+from tf1_quantize import records as records_lib
 from tf1_quantize import placement
 from tf1_quantize import quantize
 from tf1_quantize import report as report_lib
@@ -174,8 +174,8 @@ def fold_batch_norms(graph: Optional[tf.Graph] = None,
     """Folds every batch norm into the layer before it, without quantizing.
 
     A batch norm that follows no layer is folded forward into the layer
-    after it where that is exact (`forward_folding.find_forward_folds`), and left
-    as it is otherwise.
+    after it where that is exact (`forward_folding.find_forward_folds`),
+    and left as it is otherwise.
 
     Args:
         graph: the graph to rewrite in place; the default graph if None.
@@ -211,7 +211,7 @@ def _rewrite(input_graph, *, is_training, weight_bits=8, activation_bits=8,
     validation.check_graph(graph, quantize_layers)
     validation.check_delay_counter(graph, delay_counter, quant_delay,
                                    freeze_bn_delay)
-    records = patterns.find_layers(
+    records = records_lib.find_layers(
         graph, bare_layers=quantize_layers and bool(quantize_bare_layers))
     forward, standalone = _split_standalone(graph, records, quantize_layers)
     plan = validation.Plan(
@@ -291,7 +291,7 @@ def _split_standalone(graph: tf.Graph, records, quantize_layers: bool):
     Returns:
         (`ForwardFoldRecord`s, `BatchNormRecord`s).
     """
-    standalone = patterns.find_standalone_batch_norms(graph, records)
+    standalone = records_lib.find_standalone_batch_norms(graph, records)
     forward = forward_folding.find_forward_folds(standalone, records)
     if not quantize_layers:
         return forward, []

@@ -32,7 +32,7 @@ import tensorflow as tf
 from tf1_quantize import conditionals
 from tf1_quantize import graph_edit
 from tf1_quantize import step_counter
-from tf1_quantize.patterns import BatchNormRecord
+from tf1_quantize.records import BatchNormRecord
 
 FOLD_GRADIENT_NAME = 'FoldFusedBatchNormGrad'
 

@@ -25,7 +25,7 @@ from tf1_quantize import conditionals
 from tf1_quantize import graph_edit
 from tf1_quantize.errors import UnsupportedGraphError
 from tf1_quantize.names import CORRECTED_WEIGHTS, FOLDED_WEIGHTS, ONE_CONV_FOLD
-from tf1_quantize.patterns import BatchNormRecord, LayerRecord
+from tf1_quantize.records import BatchNormRecord, LayerRecord
 
 
 def uses_training_fold(bn: BatchNormRecord, is_training: bool) -> bool:

@@ -32,7 +32,7 @@ from tf1_quantize import names
 from tf1_quantize import patterns
 from tf1_quantize.graph_matcher import GraphMatcher
 from tf1_quantize.graph_matcher import OpTypePattern as P
-from tf1_quantize.patterns import BatchNormRecord, LayerRecord
+from tf1_quantize.records import BatchNormRecord, LayerRecord
 
 # The layer's weights are still a variable read (not folded, not constant),
 # so that scaling them per input feature is exact for every value they take.

@@ -1,6 +1,6 @@
 """FakeQuant placement: which tensor gets which quantizer (spec §3).
 
-Works from the `LayerRecord`s found once by `patterns.find_layers` (after
+Works from the `LayerRecord`s found once by `records.find_layers` (after
 folding has updated them), then quantizes the intermediate Add/Mul outputs
 that sit between quantized tensors.
 """
@@ -18,7 +18,7 @@ from tf1_quantize import names
 from tf1_quantize import placement
 from tf1_quantize import quant_ops
 from tf1_quantize.errors import QuantizeError
-from tf1_quantize.patterns import LayerRecord
+from tf1_quantize.records import LayerRecord
 
 # Outputs quantized when computed from quantized tensors: contrib's Add and
 # Mul, plus the ops whose output range older TFLite converters (TF 2.15) do

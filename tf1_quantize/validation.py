@@ -18,6 +18,7 @@ from tf1_quantize import folding
 from tf1_quantize import forward_folding
 from tf1_quantize import names
 from tf1_quantize import patterns
+from tf1_quantize import records as records_lib
 from tf1_quantize import step_counter
 from tf1_quantize.errors import QuantizeError, UnsupportedGraphError
 
@@ -58,9 +59,9 @@ class Plan:
     """
     mode: str
     quantize: bool
-    records: List[patterns.LayerRecord]
+    records: List[records_lib.LayerRecord]
     forward: List[forward_folding.ForwardFoldRecord]
-    standalone: List[patterns.BatchNormRecord]
+    standalone: List[records_lib.BatchNormRecord]
     one_conv_fold: bool = False
     per_channel_weights: bool = False
 
@@ -279,8 +280,8 @@ def _layer_readers(op: tf.Operation):
     return readers
 
 
-def _check_batch_norms(records: List[patterns.LayerRecord],
-                       standalone: List[patterns.BatchNormRecord],
+def _check_batch_norms(records: List[records_lib.LayerRecord],
+                       standalone: List[records_lib.BatchNormRecord],
                        is_training: bool, one_conv: bool = False) -> None:
     """Checks that every batch norm can be rewritten correctly.
 
@@ -305,7 +306,7 @@ def _check_batch_norms(records: List[patterns.LayerRecord],
         _validate_batch_norm(bn, is_training)
 
 
-def _validate_layer(record: patterns.LayerRecord) -> None:
+def _validate_layer(record: records_lib.LayerRecord) -> None:
     layer_output = (record.batch_to_space or record.layer).outputs[0]
     bn_output = record.batch_norm.output
     if not layer_output.shape.is_compatible_with(bn_output.shape):
@@ -326,7 +327,7 @@ def _validate_layer(record: patterns.LayerRecord) -> None:
             (record.layer.name, record.weights.shape))
 
 
-def _validate_batch_norm(bn: patterns.BatchNormRecord,
+def _validate_batch_norm(bn: records_lib.BatchNormRecord,
                          is_training: bool) -> None:
     name = bn.op.name
     if _is_nchw(bn.op):
@@ -352,7 +353,7 @@ def _validate_batch_norm(bn: patterns.BatchNormRecord,
             % name)
 
 
-def _validate_one_conv_epsilon(bn: patterns.BatchNormRecord) -> None:
+def _validate_one_conv_epsilon(bn: records_lib.BatchNormRecord) -> None:
     """The one-convolution fold builds a FusedBatchNormV3, whose epsilon is
     an attribute: an unfused batch norm's epsilon must be a constant."""
     if bn.fused or not bn.is_training:
