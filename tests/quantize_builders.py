@@ -1,7 +1,7 @@
 """Graph builders and numpy references for the quantization-placement tests.
 
 Complements ``graph_builders`` (owned by the folding tests): the
-placement graphs of ``test_quantize_graph.py`` reuse
+placement graphs of ``test_quantize_placement.py`` reuse
 ``graph_builders.build_contrib_layer`` and only add what it lacks (an
 ``Identity`` activation, a graph output); ``conv_layer`` builds
 contrib-named layers under any scope (e.g. ``MobilenetV1/Conv2d_0``) for the
