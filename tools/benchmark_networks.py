@@ -13,7 +13,10 @@ timed with the settings the library recommends (the update ops grouped into
 one barrier, `sessions.recommended_config()`).
 
 Deep stacks: rewrite time and peak memory of `create_training_graph` on 250,
-500 and 1000 stacked layers, each in a process of its own.
+500 and 1000 stacked layers, each in a process of its own. Graph shapes of
+training scripts: the rewrite time of a 24-level `s = s + s * 0.5` DAG (on a
+placeholder, and on a quantized activation) and of a 1500-Add weight-decay
+sum.
 
 `--quick` (for CI): ResNet only at 64x64, 2 steady steps, stacks of 50 and
 100 layers. Needs tf-slim (the pinned venvs have it).
@@ -141,6 +144,39 @@ def _deep_stack(layers: int) -> dict:
             'ops': len(graph.get_operations())}
 
 
+def _graph_shapes() -> dict:
+    """Rewrite times of Add/Mul DAGs and of a long Add chain: the issue's
+    72-op DAG on a placeholder (nothing to quantize), the same DAG on a
+    quantized activation (48 quantizers to build) and a weight-decay sum."""
+    times = {}
+    for name, on_activation, build in (
+            ('add_mul_dag_24_levels', False, _add_mul_dag),
+            ('add_mul_dag_24_levels_quantized', True, _add_mul_dag),
+            ('add_chain_1500', True, _add_chain)):
+        graph = tf.Graph()
+        with graph.as_default():
+            x = v1.placeholder(tf.float32, [1, 4, 4, 2])
+            if on_activation:
+                w = v1.get_variable('weights', [1, 1, 2, 2])
+                x = tf.nn.relu(tf.nn.conv2d(x, w, 1, 'SAME') + 1.0)
+            build(x)
+        start = time.perf_counter()
+        tf1_quantize.create_training_graph(graph)
+        times[name + '_s'] = time.perf_counter() - start
+    return times
+
+
+def _add_mul_dag(s):
+    for _ in range(24):
+        s = s + s * 0.5
+
+
+def _add_chain(y):
+    total = tf.reduce_sum(y)
+    for i in range(1500):
+        total = total + tf.reduce_sum(v1.get_variable('decay%d' % i, [2]))
+
+
 def _peak_rss_mb() -> float:
     """This process's peak resident memory. Linux keeps `ru_maxrss` across
     the exec that started a child, so the child's own `VmHWM` is read."""
@@ -218,9 +254,13 @@ def main(argv=None) -> int:
         print('stack of %(layers)4d layers: rewrite %(rewrite_s)6.1f s, '
               'peak RSS %(peak_rss_mb)6.0f MB (%(rss_before_rewrite_mb).0f MB '
               'before the rewrite), %(ops)d ops' % stack)
+    shapes = _graph_shapes()
+    print('graph shapes: ' + ', '.join('%s %.2f' % item
+                                       for item in shapes.items()))
     if args.json:
         files.write_atomic(args.json, json.dumps(
-            {'networks': rows, 'stacks': stacks}, indent=1).encode())
+            {'networks': rows, 'stacks': stacks, 'graph_shapes': shapes},
+            indent=1).encode())
     return 0
 
 
