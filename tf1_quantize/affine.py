@@ -12,6 +12,7 @@ import tensorflow as tf
 from tf1_quantize import batch_norm_math as bn_math
 from tf1_quantize import conditionals
 from tf1_quantize import graph_edit
+from tf1_quantize import names
 from tf1_quantize.records import BatchNormRecord
 
 @dataclasses.dataclass
@@ -59,9 +60,9 @@ def rewrite_as_affine(graph: tf.Graph, bn: BatchNormRecord, is_training: bool,
         if training and freeze_bn_delay is not None:
             use_moving = bn_math.use_moving_average(graph, freeze_bn_delay)
             bn_math.freeze_moving_average(bn.mean_decay, use_moving,
-                                          'freeze_moving_mean')
+                                          names.FREEZE_MOVING_MEAN)
             bn_math.freeze_moving_average(bn.variance_decay, use_moving,
-                                          'freeze_moving_var')
+                                          names.FREEZE_MOVING_VAR)
             mean = conditionals.choose(use_moving,
                                        lambda: stats.moving_mean,
                                        lambda: mean, name='mean')

@@ -32,6 +32,7 @@ import tensorflow as tf
 from tf1_quantize import conditionals
 from tf1_quantize import graph_edit
 from tf1_quantize import step_counter
+from tf1_quantize import names
 from tf1_quantize.records import BatchNormRecord
 
 FOLD_GRADIENT_NAME = 'FoldFusedBatchNormGrad'
@@ -136,7 +137,7 @@ def corrections(graph, bn: BatchNormRecord, stats: Statistics,
     """The training-time correction factors (see the module docstring), in
     `<fold_scope>/batch_norm_correction`."""
     correction_scope = graph_edit.join_scope(fold_scope,
-                                             'batch_norm_correction')
+                                             names.CORRECTION_SCOPE)
     with graph_edit.absolute_name_scope(graph, correction_scope):
         recip_sigma_mv = tf.math.rsqrt(stats.moving_variance + bn.epsilon)
         recip_sigma = tf.math.rsqrt(stats.variance + bn.epsilon)
@@ -149,9 +150,10 @@ def corrections(graph, bn: BatchNormRecord, stats: Statistics,
                              stats.moving_mean * recip_sigma_mv,
                              name='offset_compute')
         use_moving = use_moving_average(graph, freeze_bn_delay)
-        freeze_moving_average(bn.mean_decay, use_moving, 'freeze_moving_mean')
+        freeze_moving_average(bn.mean_decay, use_moving,
+                              names.FREEZE_MOVING_MEAN)
         freeze_moving_average(bn.variance_decay, use_moving,
-                              'freeze_moving_var')
+                              names.FREEZE_MOVING_VAR)
         recip = conditionals.choose(use_moving,
                                     lambda: _constant_like(reciprocal, 1.0),
                                     lambda: reciprocal,

@@ -30,7 +30,6 @@ _RANGE = re.compile(r'_quant(_\d+)?/(min|max)$')
 _EMA_STATE = re.compile(r'_quant(_\d+)?/(min|max)/(biased|local_step)$')
 _BN_STATISTIC_SUFFIXES = ('moving_mean', 'moving_variance')
 _OBJECT_KEY_MARK = '.ATTRIBUTES/'
-_WEIGHTS_QUANTIZER = 'weights_quant'
 _WEIGHTS_TRAINING_OP = 'AssignMinLast'  # Only training weight quantizers.
 _EMA_DECAY = 0.999
 
@@ -274,7 +273,7 @@ def _fresh_ranges(graph: tf.Graph, wanted, stored,
     initial = _initial_ranges(graph, fresh)
     result = []
     for prefix, missing in fresh.items():
-        weights = names.base_name(prefix) == _WEIGHTS_QUANTIZER
+        weights = names.base_name(prefix) == names.WEIGHTS_QUANT
         training = _is_training(graph, wanted, prefix)
         low, high = initial[prefix]
         result.append(FreshRange(

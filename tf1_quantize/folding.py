@@ -24,7 +24,9 @@ from tf1_quantize import batch_norm_math as bn_math
 from tf1_quantize import conditionals
 from tf1_quantize import graph_edit
 from tf1_quantize.errors import UnsupportedGraphError
-from tf1_quantize.names import CORRECTED_WEIGHTS, FOLDED_WEIGHTS, ONE_CONV_FOLD
+from tf1_quantize.names import (BN_FOLD_SCOPE, CORRECTED_WEIGHTS, FOLD_SUFFIX,
+                                FOLDED_WEIGHTS, FREEZE_MOVING_MEAN,
+                                FREEZE_MOVING_VAR, ONE_CONV_FOLD)
 from tf1_quantize.records import BatchNormRecord, LayerRecord
 
 
@@ -164,9 +166,9 @@ def _one_conv_fold(graph, record: LayerRecord, names: _FoldNames,
                               name=FOLDED_WEIGHTS)
     use_moving = bn_math.use_moving_average(graph, freeze_bn_delay)
     bn_math.freeze_moving_average(bn.mean_decay, use_moving,
-                                  'freeze_moving_mean')
+                                  FREEZE_MOVING_MEAN)
     bn_math.freeze_moving_average(bn.variance_decay, use_moving,
-                                  'freeze_moving_var')
+                                  FREEZE_MOVING_VAR)
     moving_mean = bn_math.centred(graph, bn, bn.moving_mean,
                                   'centred_moving_mean')
     batch_clone = []
@@ -245,7 +247,7 @@ class _FoldNames:
         if bn.fused:
             self.layer_scope = record.scope
             self.bn_fold_scope = graph_edit.join_scope(record.scope,
-                                                       'BatchNorm_Fold')
+                                                       BN_FOLD_SCOPE)
         else:
             # contrib-style unfused BNs live in '<C>BatchNorm/...' and the fold
             # is named after C; other BNs are named after the layer scope.
@@ -258,9 +260,9 @@ class _FoldNames:
         """`Conv2D_Fold` inside the layer scope; unfused BatchToSpaceND keep
         their full name (`<scope>/depthwise/BatchToSpaceND_Fold`)."""
         if not self.fused and op is not self.layer:
-            return op.name + '_Fold'
+            return op.name + FOLD_SUFFIX
         return graph_edit.join_scope(self.layer_scope,
-                                     op.name.rpartition('/')[2] + '_Fold')
+                                     op.name.rpartition('/')[2] + FOLD_SUFFIX)
 
 
 def _per_output_channel(vector: tf.Tensor, record: LayerRecord,

@@ -6,6 +6,27 @@ rewrite recognises earlier work by them, so each is spelled here once.
 
 import re
 
+# Quantizer scopes `<context>/<name>` (spec §3.2, §10): the checkpoint
+# names of the range variables.
+WEIGHTS_QUANT = 'weights_quant'
+ACT_QUANT = 'act_quant'
+CONV_QUANT = 'conv_quant'
+POST_ACTIVATION_BYPASS_QUANT = 'post_activation_bypass_quant'
+ACTIVATION_QUANT = 'activation_%s_quant'  # % the op type, e.g. AddV2.
+# A batch norm rewritten as a multiply and add (not in contrib).
+MUL_QUANT = 'mul_quant'
+OFFSET_QUANT = 'offset_quant'
+# The quant_delay predicate `<P>/activate_quant`.
+ACTIVATE_QUANT = 'activate_quant'
+
+# Folds (spec §2.2, §2.4): the fold's scope, the layer clone's suffix, the
+# corrections' scope, the freeze switches of the moving-average decays.
+BN_FOLD_SCOPE = 'BatchNorm_Fold'
+FOLD_SUFFIX = '_Fold'
+CORRECTION_SCOPE = 'batch_norm_correction'
+FREEZE_MOVING_MEAN = 'freeze_moving_mean'
+FREEZE_MOVING_VAR = 'freeze_moving_var'
+
 # The folded weights `w * gamma / sigma` (spec §2.2).
 FOLDED_WEIGHTS = 'mul_fold'
 # Training folds: the weights times `sigma_B / sigma_mv` first.

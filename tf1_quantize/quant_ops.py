@@ -184,7 +184,7 @@ def delay_quantization(quantized: tf.Tensor,
     step = step_counter.delay_step(quantized.graph)
     # The delay becomes the int64 constant `<name_prefix>/activate_quant/y`.
     activate = tf.math.greater_equal(step, quant_delay,
-                                     name=name_prefix + '/activate_quant')
+                                     name=name_prefix + '/' + names.ACTIVATE_QUANT)
     return conditionals.choose(
         activate, lambda: quantized, lambda: original,
         name=name_prefix + '/' + names.DELAYED_QUANT)

@@ -208,7 +208,7 @@ def _quantize_layer(inserter: _Inserter, record: LayerRecord) -> None:
     config = inserter.config
     context = record.scope
     per_channel = config.per_channel_weights and _supports_per_channel(record)
-    inserter.insert(context, 'weights_quant', record.weights.op,
+    inserter.insert(context, names.WEIGHTS_QUANT, record.weights.op,
                     moving_avg=False, bits=config.weight_bits,
                     narrow_range=True, per_channel=per_channel,
                     symmetric=True if per_channel else None,
@@ -217,12 +217,12 @@ def _quantize_layer(inserter: _Inserter, record: LayerRecord) -> None:
     # With a bypass the activation belongs to the block, one scope up.
     activation_context = (graph_edit.scope_of(context)
                           if record.bypass is not None else context)
-    inserter.insert(activation_context, 'act_quant', activation,
+    inserter.insert(activation_context, names.ACT_QUANT, activation,
                     moving_avg=True, init_min=0.0,
                     bits=config.activation_bits, filter_producer=True)
     inserter.quantized_ops.add(activation)
     if record.bypass is not None and record.bias_add is not None:
-        inserter.insert(context, 'conv_quant', record.bias_add,
+        inserter.insert(context, names.CONV_QUANT, record.bias_add,
                         moving_avg=True, bits=config.activation_bits,
                         filter_producer=True, filter_consumers=True)
         inserter.quantized_ops.add(record.bias_add)
@@ -235,14 +235,14 @@ def _quantize_affine(inserter: _Inserter,
     its multiplier is quantized like weights, its offset and both outputs
     like activations."""
     config = inserter.config
-    inserter.insert(affine.scope, 'weights_quant', affine.multiplier.op,
+    inserter.insert(affine.scope, names.WEIGHTS_QUANT, affine.multiplier.op,
                     moving_avg=False, bits=config.weight_bits,
                     narrow_range=True)
-    inserter.insert(affine.scope, 'mul_quant', affine.mul, moving_avg=True,
+    inserter.insert(affine.scope, names.MUL_QUANT, affine.mul, moving_avg=True,
                     bits=config.activation_bits, filter_producer=True)
-    inserter.insert(affine.scope, 'offset_quant', affine.offset.op,
+    inserter.insert(affine.scope, names.OFFSET_QUANT, affine.offset.op,
                     moving_avg=False, bits=config.activation_bits)
-    inserter.insert(affine.scope, 'act_quant', affine.add, moving_avg=True,
+    inserter.insert(affine.scope, names.ACT_QUANT, affine.add, moving_avg=True,
                     bits=config.activation_bits, filter_producer=True)
     inserter.quantized_ops.update((affine.mul, affine.add))
 
@@ -270,7 +270,8 @@ def _quantize_post_activation_bypass(inserter: _Inserter,
     if add is None or any(op.type in _FUSED_ACTIVATION_TYPES
                           for op in graph_edit.op_consumers(add)):
         return
-    inserter.insert(graph_edit.scope_of(add), 'post_activation_bypass_quant',
+    inserter.insert(graph_edit.scope_of(add),
+                    names.POST_ACTIVATION_BYPASS_QUANT,
                     add, moving_avg=True,
                     bits=inserter.config.activation_bits,
                     filter_producer=True)
@@ -288,7 +289,7 @@ def _quantize_intermediate_ops(inserter: _Inserter) -> None:
     for op in inserter.graph.get_operations():
         if _should_quantize_intermediate(op, inserter.quantized_ops, decided):
             inserter.device = inserter.device_of_inputs(op)
-            inserter.insert(op.name, 'activation_%s_quant' % op.type, op,
+            inserter.insert(op.name, names.ACTIVATION_QUANT % op.type, op,
                             moving_avg=True,
                             bits=inserter.config.activation_bits,
                             symmetric=False, filter_producer=True)

@@ -8,6 +8,7 @@ from typing import Iterable, List
 import tensorflow as tf
 
 from tf1_quantize import graph_edit
+from tf1_quantize import names
 from tf1_quantize import patterns
 from tf1_quantize import quantize
 
@@ -88,11 +89,12 @@ def find_float_layers(graph: tf.Graph,
         One `FloatOp` per such op, in graph order.
     """
     quantized = set(quantized_layers)
-    names = {op.name for op in graph.get_operations()}
+    op_names = {op.name for op in graph.get_operations()}
     found = []
     for op in graph.get_operations():
         if (op.type not in patterns.LAYER_TYPES + _UNSUPPORTED_LAYER_TYPES or
-                op.name in quantized or op.name + '_Fold' in names or
+                op.name in quantized or
+                op.name + names.FOLD_SUFFIX in op_names or
                 graph_edit.is_skipped(op) or _quantized_earlier(op)):
             continue
         found.append(FloatOp(op.name, op.type, _float_reason(op)))
