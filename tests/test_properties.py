@@ -505,18 +505,21 @@ def check_second_rewrite_is_noop(desc: gen.GraphDesc, call: gen.RewriteCall,
     deterministically) and the collections unchanged."""
     built = gen.build(desc, bn_training=bn_training)
     call(built.graph)
-    first = gen.graph_state(built.graph)
-    call(built.graph)
-    second = gen.graph_state(built.graph)
+    _assert_second_call_changes_nothing(desc, built.graph, call)
+
+
+def _assert_second_call_changes_nothing(desc, graph, call) -> None:
+    first = gen.graph_state(graph)
+    call(graph)
+    second = gen.graph_state(graph)
     if first[0] != second[0]:
-        old = {n.name for n in v1.GraphDef.FromString(first[0]).node}
-        new = [op.name for op in built.graph.get_operations()
+        old = {n.name: n for n in v1.GraphDef.FromString(first[0]).node}
+        new = [op.name for op in graph.get_operations()
                if op.name not in old]
         changed = [
-            n.name for n in built.graph.as_graph_def().node
+            n.name for n in graph.as_graph_def().node
             if n.name in old and n.SerializeToString(deterministic=True) !=
-            {m.name: m for m in v1.GraphDef.FromString(first[0]).node
-             }[n.name].SerializeToString(deterministic=True)]
+            old[n.name].SerializeToString(deterministic=True)]
         raise AssertionError(_explain(
             desc, '%r twice: new ops %s, changed ops %s' %
             (call, new[:20], changed[:20])))
@@ -532,13 +535,15 @@ def check_checkpoint_restores_into_eval_graph(
         desc: gen.GraphDesc, calls) -> None:
     """A checkpoint saved from the training graph (training-mode BN,
     training rewrite, one training step) restores into the eval graph
-    (inference-mode BN, matching eval rewrite): every eval global variable
+    (inference-mode BN, matching eval rewrite), each rewrite a no-op when
+    called again: every eval global variable
     is in the checkpoint with the same shape and dtype, `Saver.restore`
     succeeds and the restored values are the saved ones.
     """
     training_call, eval_call = calls
     training = gen.build(desc, bn_training=True)
     training_call(training.graph)
+    _assert_second_call_changes_nothing(desc, training.graph, training_call)
     with training.graph.as_default():
         train_op = (v1.train.GradientDescentOptimizer(1e-3).minimize(
             training.loss) if training.trainable_variables() else
@@ -555,6 +560,7 @@ def check_checkpoint_restores_into_eval_graph(
         reader = tf.train.load_checkpoint(path)
         evaluation = gen.build(desc, bn_training=False)
         eval_call(evaluation.graph)
+        _assert_second_call_changes_nothing(desc, evaluation.graph, eval_call)
         with evaluation.graph.as_default():
             variables = v1.global_variables()
             restorer = v1.train.Saver(variables)
