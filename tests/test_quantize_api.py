@@ -354,7 +354,7 @@ def test_range_variables_collections_and_initial_values():
 def test_bits_and_narrow_range(name, symmetric):
     graph = common.rich_graph(bn_training=name in common.TRAINING_API)
     common.call(name, graph, weight_bits=3, activation_bits=5,
-          symmetric=symmetric)
+                symmetric=symmetric)
     fqs = common.fake_quants(graph)
     assert common.fq_prefixes(graph) == common.RICH_PREFIXES
     for fq_name, op in fqs.items():

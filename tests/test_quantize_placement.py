@@ -88,8 +88,8 @@ def test_placement(layer, activation, bypass, bn, delay, resource, scope):
     assert common.fq_prefixes(graph) == set(expected)
     for prefix, (source, consumers, moving_avg, narrow) in expected.items():
         common.assert_quantizer(graph, prefix, source, consumers,
-                          moving_avg=moving_avg, delay=delay,
-                          narrow_range=narrow)
+                                moving_avg=moving_avg, delay=delay,
+                                narrow_range=narrow)
     new_variables = set()
     for prefix, (_, _, moving_avg, _) in expected.items():
         new_variables |= {prefix + '/min', prefix + '/max'}
@@ -149,8 +149,8 @@ def test_eval_placement(activation, bypass):
     assert common.fq_prefixes(graph) == set(expected)
     for prefix, (source, consumers, moving_avg, narrow) in expected.items():
         common.assert_quantizer(graph, prefix, source, consumers,
-                          moving_avg=moving_avg, is_training=False,
-                          narrow_range=narrow)
+                                moving_avg=moving_avg, is_training=False,
+                                narrow_range=narrow)
     common.assert_no_double_slash(graph)
 
 
@@ -215,7 +215,7 @@ def test_intermediate_activations_quantized():
         op = graph.get_operation_by_name(name)
         prefix = '%s/activation_%s_quant' % (name, op.type)
         common.assert_quantizer(graph, prefix, name + ':0', consumers[name],
-                          moving_avg=True, num_bits=6)
+                                moving_avg=True, num_bits=6)
     # The Mul ops read the activation's FakeQuant.
     act = graph.get_tensor_by_name('test/act_quant/%s:0' % common.FQ)
     for name in ('test/Mul', 'test/Mul_1', 'test/add_relu', 'test/sub'):
@@ -242,10 +242,10 @@ def test_post_activation_bypass_quantized():
         'scope1/post_activation_bypass_quant', 'scope2/weights_quant',
         'scope2/act_quant'}
     common.assert_quantizer(graph, 'scope1/post_activation_bypass_quant',
-                      'scope1/add:0', ['scope2/Conv2D'], moving_avg=True,
-                      delay=3)
+                            'scope1/add:0', ['scope2/Conv2D'], moving_avg=True,
+                            delay=3)
     common.assert_quantizer(graph, 'scope1/act_quant', 'scope1/Relu6:0',
-                      ['scope1/add'], moving_avg=True, delay=3)
+                            ['scope1/add'], moving_avg=True, delay=3)
 
 
 def test_overlapping_post_activation_bypass():
@@ -270,11 +270,11 @@ def test_overlapping_post_activation_bypass():
     assert any(t.op.type == common.FQ for t in add.inputs)
     assert common.consumer_names(add.outputs[0]) == ['test/Relu6']
     common.assert_quantizer(graph, 'test/test1/act_quant', 'test/test1/Relu6:0',
-                      ['test/add'], moving_avg=True)
+                            ['test/add'], moving_avg=True)
     common.assert_quantizer(graph, 'test/act_quant', 'test/Relu6:0', ['output'],
-                      moving_avg=True)
+                            moving_avg=True)
     common.assert_quantizer(graph, 'test/test2/conv_quant', 'test/test2/BiasAdd:0',
-                      ['test/add'], moving_avg=True)
+                            ['test/add'], moving_avg=True)
 
 
 def test_separable_conv():
@@ -302,18 +302,18 @@ def test_separable_conv():
         sep + '/weights_quant', sep + '/act_quant', 'test/test/weights_quant',
         'test/test/conv_quant', 'test/act_quant'}
     common.assert_quantizer(graph, sep + '/weights_quant',
-                      'test/test/depthwise_weights/read:0',
-                      [sep + '/depthwise'], moving_avg=False,
-                      narrow_range=True, delay=2)
+                            'test/test/depthwise_weights/read:0',
+                            [sep + '/depthwise'], moving_avg=False,
+                            narrow_range=True, delay=2)
     common.assert_quantizer(graph, sep + '/act_quant', sep + '/depthwise:0', [sep],
-                      moving_avg=True, delay=2)
+                            moving_avg=True, delay=2)
     common.assert_quantizer(graph, 'test/test/weights_quant',
-                      'test/test/pointwise_weights/read:0', [sep],
-                      moving_avg=False, narrow_range=True, delay=2)
+                            'test/test/pointwise_weights/read:0', [sep],
+                            moving_avg=False, narrow_range=True, delay=2)
     common.assert_quantizer(graph, 'test/test/conv_quant', 'test/test/BiasAdd:0',
-                      ['test/AddV2'], moving_avg=True, delay=2)
+                            ['test/AddV2'], moving_avg=True, delay=2)
     common.assert_quantizer(graph, 'test/act_quant', 'test/Relu6:0', ['output'],
-                      moving_avg=True, delay=2)
+                            moving_avg=True, delay=2)
 
 
 def test_chained_depthwise_convs_sharing_a_resource_variable():
@@ -346,9 +346,9 @@ def test_chained_depthwise_convs_sharing_a_resource_variable():
         assert fq.inputs[0].op.inputs[0].op.name == 'depthwise_weights'
         assert common.consumer_names(fq.outputs[0]) == [layer]
     common.assert_quantizer(graph, 'depthwise_conv_1/act_quant', conv1_name + ':0',
-                      [conv2_name], moving_avg=True)
+                            [conv2_name], moving_avg=True)
     common.assert_quantizer(graph, 'depthwise_conv_2/act_quant',
-                      'depthwise_conv_2/add:0', ['output'], moving_avg=True)
+                            'depthwise_conv_2/add:0', ['output'], moving_avg=True)
 
 
 def test_batch_norm_forced_updates():
@@ -375,7 +375,7 @@ def test_batch_norm_forced_updates():
     assert any(t.op.type == common.FQ for t in add.inputs)
     assert any(c.type == common.FQ for c in add.outputs[0].consumers())
     common.assert_quantizer(graph, 'test/act_quant', 'test/Relu6:0', ['test/add'],
-                      moving_avg=True)
+                            moving_avg=True)
     assert [t.op.name for t in graph.get_operation_by_name(
         'test/Identity').inputs] == ['test/add_fold']
 
@@ -414,7 +414,7 @@ def test_user_fake_quant_after_reshape_is_respected():
             assert common.fq_prefixes(graph) == {'test/weights_quant',
                                            'test/act_quant'}
             common.assert_quantizer(graph, 'test/act_quant', 'test/Relu6:0',
-                              ['test/Reshape'], moving_avg=True)
+                                    ['test/Reshape'], moving_avg=True)
 
 
 @pytest.mark.parametrize('partitions', [1, 2])
@@ -434,8 +434,8 @@ def test_partitioned_weights(partitions):
     assert common.fq_prefixes(graph) == {'part/test/weights_quant',
                                    'part/test/act_quant'}
     common.assert_quantizer(graph, 'part/test/weights_quant', 'part/test/weights:0',
-                      ['part/test/Conv2D'], moving_avg=False,
-                      narrow_range=True)
+                            ['part/test/Conv2D'], moving_avg=False,
+                            narrow_range=True)
 
 
 @pytest.mark.parametrize('delay', [None, 1])
@@ -458,8 +458,8 @@ def test_shared_weights(delay):
     weight_fqs = [n for n in common.fake_quants(graph) if 'weights_quant' in n]
     assert weight_fqs == ['shared/weights_quant/' + common.FQ]
     common.assert_quantizer(graph, 'shared/weights_quant', 'shared/weights/read:0',
-                      ['shared/Conv2D', 'shared_1/Conv2D'], moving_avg=False,
-                      narrow_range=True, delay=delay)
+                            ['shared/Conv2D', 'shared_1/Conv2D'], moving_avg=False,
+                            narrow_range=True, delay=delay)
     switches = [op.name for op in graph.get_operations()
                 if op.type == 'Select' and 'weights_quant' in op.name]
     assert switches == (['shared/weights_quant/delayed_quant']
@@ -479,8 +479,8 @@ def test_weights_quant_reroutes_every_consumer():
         tf.add(tf.reduce_sum(layer.output), l2, name='output')
     tf1_quantize.create_training_graph(graph)
     common.assert_quantizer(graph, 'scope1/weights_quant', 'scope1/weights/read:0',
-                      ['l2', 'scope1/Conv2D'], moving_avg=False,
-                      narrow_range=True)
+                            ['l2', 'scope1/Conv2D'], moving_avg=False,
+                            narrow_range=True)
 
 
 def test_gradient_ops_are_never_rerouted():
@@ -498,6 +498,6 @@ def test_gradient_ops_are_never_rerouted():
     assert backprop
     tf1_quantize.create_training_graph(graph)
     common.assert_quantizer(graph, 'test/weights_quant', 'test/weights/read:0',
-                      ['test/Conv2D'], moving_avg=False, narrow_range=True)
+                            ['test/Conv2D'], moving_avg=False, narrow_range=True)
     for op in backprop:
         assert any(t.name == 'test/weights/read:0' for t in op.inputs)

@@ -67,8 +67,8 @@ def test_scope_two_layers_and_prefix_rules():
     assert common.graph_bytes(graphs[0]) == common.graph_bytes(graphs[1])
     # act_quant's consumer (scope10/Conv/Conv2D) is outside: producer filter.
     common.assert_quantizer(graphs[0], 'scope1/Conv/act_quant',
-                      'scope1/Conv/Relu6:0', ['scope10/Conv/Conv2D'],
-                      moving_avg=True)
+                            'scope1/Conv/Relu6:0', ['scope10/Conv/Conv2D'],
+                            moving_avg=True)
 
 
 def test_scope_intermediate_ops():
