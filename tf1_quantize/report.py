@@ -114,7 +114,7 @@ def find_function_layers(graph: tf.Graph) -> List[FloatOp]:
         One `FloatOp` per such op, named `<calling op>/<op in the body>`.
     """
     callers = [op for op in graph.get_operations()
-               if _called_functions(op.node_def)]
+               if op.type in _FUNCTION_CALL_TYPES]
     if not callers:
         return []
     library = {f.signature.name: f
@@ -140,6 +140,11 @@ def find_function_layers(graph: tf.Graph) -> List[FloatOp]:
     return found
 
 
+# The ops that run a function of the graph's library: control flow v2 and
+# `tf.function` calls (tf.data's function attributes hold input pipelines).
+_FUNCTION_CALL_TYPES = frozenset([
+    'If', 'StatelessIf', 'While', 'StatelessWhile', 'Case', 'StatelessCase',
+    'PartitionedCall', 'StatefulPartitionedCall'])
 _FUNCTION_BODY_REASON = (
     "it is inside function '%s' called by %s op '%s' (control flow v2: "
     'tf.cond / tf.while_loop, or a tf.function); the rewrite cannot add ops '

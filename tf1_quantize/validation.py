@@ -212,9 +212,12 @@ def previous_rewrite(graph: tf.Graph) -> Optional[str]:
         return recorded[-1]
     ours = False
     for op in graph.get_operations():
-        if names.base_name(op.name) in names.RANGE_UPDATES:
+        # Cheap tests first: this runs over every op of the graph.
+        if (op.name.rpartition('/')[2].startswith('Assign')
+                and names.base_name(op.name) in names.RANGE_UPDATES):
             return names.TRAINING
-        ours = ours or names.is_quantizer_op(op)
+        ours = ours or (op.type in names.FAKE_QUANT_TYPES
+                        and names.is_quantizer_op(op))
     return names.EVAL if ours else None
 
 
