@@ -20,6 +20,7 @@ import functools
 import numbers
 from typing import Callable, List, Optional, Tuple
 
+import numpy as np
 import tensorflow as tf
 
 from tf1_quantize import conditionals
@@ -348,7 +349,7 @@ def _assign_last_value(variable: tf.Variable,
                        value: tf.Tensor,
                        bound: str) -> tf.Tensor:
     """Assigns the batch range (`AssignMinLast` / `AssignMaxLast`)."""
-    return tf.compat.v1.assign(variable, value, name=f'Assign{bound}Last')
+    return _update_and_read(variable, 'assign', value, f'Assign{bound}Last')
 
 
 def _assign_moving_average(variable: tf.Variable,
@@ -376,12 +377,34 @@ def _assign_moving_average(variable: tf.Variable,
     with tf.name_scope(f'Assign{bound}Ema') as scope:
         one_minus_decay = tf.constant(1.0 - ema_decay, tf.float32,
                                       name='decay')
-        update_biased = tf.compat.v1.assign_sub(
-            biased, (biased - value) * one_minus_decay)
-        update_step = tf.compat.v1.assign_add(local_step, 1.0)
-        bias_factor = 1.0 - tf.pow(1.0 - one_minus_decay, update_step)
-        return tf.compat.v1.assign(variable, update_biased / bias_factor,
-                                   name=scope)
+        update_biased = _update_and_read(
+            biased, 'assign_sub', (biased - value) * one_minus_decay)
+        update_step = _update_and_read(local_step, 'assign_add', 1.0)
+        # TF's helper computes `1 - (1 - d)` in float32 at run time; the
+        # same float32 subtraction here gives the identical constant.
+        decay = tf.constant(np.float32(1.0) - np.float32(1.0 - ema_decay),
+                            name='ema_decay')
+        bias_factor = 1.0 - tf.pow(decay, update_step)
+        return _update_and_read(variable, 'assign',
+                                update_biased / bias_factor, scope)
+
+
+def _update_and_read(variable: tf.Variable,
+                     method: str,
+                     value,
+                     name: Optional[str] = None) -> tf.Tensor:
+    """`variable.<method>(value)`, then the updated value.
+
+    A resource variable's own `read_value=True` builds a read that nothing
+    consumes besides the read made where the value is used: two reads per
+    update. This builds one, ordered after the update. A reference
+    variable's update op returns the updated reference itself.
+    """
+    if not hasattr(variable, 'handle'):
+        return getattr(tf.compat.v1, method)(variable, value, name=name)
+    update = getattr(variable, method)(value, read_value=False, name=name)
+    with tf.control_dependencies([update]):
+        return variable.value()
 
 
 def _shadow_variable(name: str, shape) -> tf.Variable:
