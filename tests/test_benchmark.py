@@ -1,65 +1,25 @@
-"""Smoke test of tools/benchmark.py: its --quick mode, run in-process.
+"""Smoke test of the benchmark (tools/benchmark/): its --quick mode, run
+in-process.
 
 Checks that the JSON document has every expected key with sane values (the
 rewrites added ops and FakeQuants, times and ratios are positive, the step
 medians exist). No timing is asserted: the numbers of a quick run on a
 shared machine mean nothing.
-
-The benchmark lives in tools/, outside any package, so it is loaded from its
-path: next to this file's directory in a checkout (symlinks resolved, which
-covers Bazel's runfiles tree), or from the runfiles root if //tools:benchmark
-is a dependency of the test.
 """
 
-import importlib.util
 import json
 import math
-import os
-import sys
 
 import pytest
 
-_RELATIVE_PATH = os.path.join('tools', 'benchmark.py')
-
-
-def _find_benchmark():
-    here = os.path.dirname(os.path.abspath(__file__))
-    candidates = [
-        os.path.join(os.path.dirname(here), _RELATIVE_PATH),
-        os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(
-            __file__))), _RELATIVE_PATH),
-    ]
-    runfiles = os.environ.get('TEST_SRCDIR')
-    if runfiles:
-        workspace = os.environ.get('TEST_WORKSPACE', '')
-        candidates.append(os.path.join(runfiles, workspace, _RELATIVE_PATH))
-    for path in candidates:
-        if os.path.isfile(path):
-            return path
-    raise FileNotFoundError('tools/benchmark.py not found; looked at %s' %
-                            candidates)
-
-
-def _load_benchmark():
-    spec = importlib.util.spec_from_file_location('tf1q_benchmark',
-                                                  _find_benchmark())
-    module = importlib.util.module_from_spec(spec)
-    # dataclasses look their module up in sys.modules while it executes.
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+from tools.benchmark import reports, runner
 
 
 @pytest.fixture(scope='module')
-def benchmark():
-    return _load_benchmark()
-
-
-@pytest.fixture(scope='module')
-def quick_results(benchmark, tmp_path_factory):
+def quick_results(tmp_path_factory):
     """`main(['--quick', '--json', PATH])`, and the JSON it wrote."""
     path = tmp_path_factory.mktemp('benchmark') / 'quick.json'
-    returned = benchmark.main(['--quick', '--json', str(path)])
+    returned = runner.main(['--quick', '--json', str(path)])
     with open(path) as f:
         written = json.load(f)
     return returned, written
@@ -93,10 +53,10 @@ def test_top_level_keys(quick_results):
     assert results['meta']['tensorflow']
 
 
-def test_rewrite_measurements(quick_results, benchmark):
+def test_rewrite_measurements(quick_results):
     _, results = quick_results
     graphs = results['rewrite']['graphs']
-    names = [spec.name for spec in benchmark.quick_config().rewrite_models]
+    names = [spec.name for spec in runner.quick_config().rewrite_models]
     assert sorted(graphs) == sorted(names)
     for name, modes in graphs.items():
         assert sorted(modes) == ['eval', 'training'], name
@@ -142,8 +102,8 @@ def test_targets_are_reported(quick_results):
         assert _positive(target['value']) and target['met'] in (True, False)
 
 
-def test_report_has_every_table(quick_results, benchmark):
+def test_report_has_every_table(quick_results):
     returned, _ = quick_results
-    report = benchmark.format_report(returned)
+    report = reports.format_report(returned)
     for title in ('Graph rewrites', 'Scaling', 'Step cost', 'Targets'):
         assert title in report

@@ -1,7 +1,6 @@
 """Runs the demo (tools/demo.py) in its --small mode and checks its outputs."""
 
 import contextlib
-import importlib.util
 import io
 import os
 import re
@@ -10,6 +9,7 @@ import numpy as np
 import pytest
 
 from tf1_quantize import export
+from tools import demo
 
 MODEL_A_FILES = ('model_a_asymmetric_uint8.tflite',
                  'model_a_symmetric_int8.tflite',
@@ -23,28 +23,9 @@ MODEL_B_FILES = ('model_b_asymmetric_uint8.tflite',
                  'model_b_one-conv_int8.tflite')
 
 
-def _demo_path():
-    """tools/demo.py beside tests/: in the runfiles tree, else the source."""
-    for tests_dir in (os.path.dirname(os.path.abspath(__file__)),
-                      os.path.dirname(os.path.realpath(__file__))):
-        path = os.path.join(os.path.dirname(tests_dir), 'tools', 'demo.py')
-        if os.path.exists(path):
-            return path
-    pytest.fail('tools/demo.py not found (under Bazel it must be in the '
-                "test's data)")
-
-
-def _load_demo():
-    spec = importlib.util.spec_from_file_location('demo', _demo_path())
-    demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo)
-    return demo
-
-
 @pytest.fixture(scope='module')
 def demo_run(tmp_path_factory):
     """Runs `demo.py --small` once; returns (stdout, output directory)."""
-    demo = _load_demo()
     out_dir = tmp_path_factory.mktemp('demo_out')
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
@@ -120,7 +101,6 @@ def _parity(agreement):
     ids=['met', 'missed', 'missed_small'])
 def test_exit_status_follows_the_targets(tmp_path, monkeypatch, capsys,
                                          agreement, small, status):
-    demo = _load_demo()
     row = demo.Row('A', 'int8 (symmetric QAT)', 0.98, 0.98, 0.98,
                    _parity(agreement), 5000, 0)
     monkeypatch.setattr(demo, 'run_model', lambda *args: [row])

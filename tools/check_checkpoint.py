@@ -2,7 +2,7 @@
 unexpected or mismatched and why, lists the quantization ranges and
 batch-norm statistics it holds, and exits 2 on a mismatch.
 
-    python tools/check_checkpoint.py --meta model.meta --rewrite train \
+    python -m tools.check_checkpoint --meta model.meta --rewrite train \
         --checkpoint old/model.ckpt-100000
 
 Same as `python -m tf1_quantize check ...`.

@@ -23,7 +23,7 @@ Two models:
 
 Usage:
   tools/bazel run //tools:demo -- [--small] [--out DIR]
-  python tools/demo.py [--small] [--out DIR]
+  python -m tools.demo [--small] [--out DIR]     # from the repository root
 
 The full run exits with status 1 when a model A target is missed.
 """
@@ -35,11 +35,6 @@ import sys
 import tempfile
 import time
 from typing import Callable, Dict, List, Optional, Tuple
-
-# `python tools/demo.py` from a checkout: make `tf1_quantize` importable.
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _REPO not in sys.path:
-    sys.path.insert(0, _REPO)
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
@@ -586,7 +581,9 @@ def settings_for(small: bool, steps_per_epoch: int) -> Settings:
 
 
 def _default_out_dir() -> str:
-    workspace = os.environ.get('BUILD_WORKSPACE_DIRECTORY', _REPO)
+    # Outside `bazel run`: the checkout this file is in.
+    checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    workspace = os.environ.get('BUILD_WORKSPACE_DIRECTORY', checkout)
     return os.path.join(workspace, 'out', 'demo')
 
 

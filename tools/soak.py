@@ -1,14 +1,14 @@
 """Soak test: the property tests of tests/test_properties.py, many examples.
 
-    python tools/soak.py --examples 500 [--seed S] [--properties a,b]
+    python -m tools.soak --examples 500 [--seed S] [--properties a,b]
 
-Runs every property (or those named) on `--examples` random examples drawn
-by Hypothesis from the seed `--seed` (random if not given; printed at the
-start, so a run can be repeated exactly). Unlike the CI tests it does not
-stop at the first failure: each example's outcome is counted and the
-distinct failures (grouped by exception type and first message line) are
-printed with one example description each. Exit status 1 if any example
-failed.
+from the repository root, with the test dependencies installed. Runs every
+property (or those named) on `--examples` random examples drawn by Hypothesis
+from the seed `--seed` (random if not given; printed at the start, so a run
+can be repeated exactly). Unlike the CI tests it does not stop at the first
+failure: each example's outcome is counted and the distinct failures
+(grouped by exception type and first message line) are printed with one
+example description each. Exit status 1 if any example failed.
 """
 
 from __future__ import annotations
@@ -22,17 +22,16 @@ import sys
 import time
 import traceback
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [_ROOT, os.path.join(_ROOT, 'tests')]
-
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-# See tests/graph_generator.py: oneDNN aborts some tiny convolutions.
-os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 
 import hypothesis  # noqa: E402
 from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
 
-import test_properties  # noqa: E402
+# The test modules import their helpers as top-level modules (`import
+# graph_generator`), as pytest runs them: tests/conftest.py puts tests/ on
+# sys.path for that (and turns oneDNN off before TensorFlow is imported).
+from tests import conftest  # noqa: E402,F401  pylint: disable=unused-import
+import test_properties  # noqa: E402  (tests/, through conftest)
 
 
 class _Tally:
@@ -115,7 +114,7 @@ def main(argv=None) -> int:
     if unknown:
         parser.error('unknown properties: %s' % ', '.join(sorted(unknown)))
     print('soak: seed %d, %d examples per property' % (seed, args.examples))
-    print('reproduce: python tools/soak.py --examples %d --seed %d '
+    print('reproduce: python -m tools.soak --examples %d --seed %d '
           '--properties %s' % (args.examples, seed,
                                ','.join(p.name for p in chosen)),
           flush=True)
