@@ -1,6 +1,8 @@
 """One task of a localhost cluster, run as a subprocess by test_distributed.
 
-    python cluster_task.py '<json spec>'
+    PYTHONPATH=<repository root>:<tests/> python cluster_task.py '<json spec>'
+
+(test_distributed passes its own sys.path as PYTHONPATH.)
 
 The spec says the scenario ('between_graph', with or without 'sync', or
 'strategies'), the job ('ps' or 'worker'), the task index, the cluster's
@@ -22,13 +24,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 import numpy as np  # pylint: disable=wrong-import-position
 import tensorflow as tf  # pylint: disable=wrong-import-position
 
-# Run as a script, this file's directory (tests/) is on the path; the
-# repository root, for tf1_quantize, may not be.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
-    __file__))))
-
-import graph_builders as gb  # pylint: disable=wrong-import-position
-import quantize_builders as qb  # pylint: disable=wrong-import-position
+import builders as gb  # pylint: disable=wrong-import-position
 import tf1_quantize  # pylint: disable=wrong-import-position
 from tf1_quantize import step_counter  # pylint: disable=wrong-import-position
 
@@ -44,12 +40,12 @@ MAX_WAIT_SECS = 30
 
 def build_model(training: bool, resource: bool = True) -> tf.Tensor:
     """Conv-BN-Relu6, Conv-bias-Relu; returns the loss. Same weights names in
-    training and eval (see `quantize_builders.conv_layer`)."""
+    training and eval (see `builders.conv_layer`)."""
     values = gb.Values(0)
-    images = qb.input_placeholder()
-    first = qb.conv_layer(images, 'conv1', 4, values, batch_norm=True,
+    images = gb.input_placeholder()
+    first = gb.conv_layer(images, 'conv1', 4, values, batch_norm=True,
                           bn_training=training, resource=resource)
-    second = qb.conv_layer(first.output, 'conv2', 4, values,
+    second = gb.conv_layer(first.output, 'conv2', 4, values,
                            activation='Relu', resource=resource)
     return tf.reduce_mean(tf.square(second.output - 1.0), name='loss')
 
@@ -63,7 +59,7 @@ def range_variables(graph: tf.Graph):
 def feed(task: int, step: int):
     """A batch for `build_model`, different for each task and step."""
     rng = np.random.RandomState(1000 * task + step)
-    return {'input:0': rng.normal(size=qb.IMAGE_SHAPE).astype(np.float32)}
+    return {'input:0': rng.normal(size=gb.STACK_IMAGE_SHAPE).astype(np.float32)}
 
 
 def _devices(graph: tf.Graph, before: set):

@@ -1,6 +1,6 @@
 """pytest configuration shared by the tests in this directory.
 
-Puts tests/ on ``sys.path`` so that test files can ``import graph_builders``
+Puts tests/ on ``sys.path`` so that test files can ``import builders``
 however pytest is started (``pytest tests/``, one file, or Bazel's runner).
 """
 

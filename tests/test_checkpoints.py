@@ -18,8 +18,7 @@ import tensorflow as tf
 import tf1_quantize
 from tf1_quantize import checkpoints
 from tf1_quantize import cli
-import graph_builders as gb
-import quantize_builders as qb
+import builders as gb
 
 v1 = tf.compat.v1
 
@@ -57,7 +56,7 @@ def _train_op(graph, loss_source, update_ops):
 
 def _folded_weights(weights, gamma, moving_variance):
     """The eval fold's ``mul_fold``: w * gamma / sqrt(var + eps)."""
-    return weights * gamma / np.sqrt(moving_variance + qb.EPSILON)
+    return weights * gamma / np.sqrt(moving_variance + gb.EPSILON)
 
 
 # ---------------------------------------------------------------------------
@@ -74,7 +73,7 @@ def test_training_checkpoint_restores_into_eval_graph(tmp_path, delay,
                                                       resource):
     # Training: conv + fused BN, bypass, Relu6 (weights_quant, conv_quant,
     # act_quant), rewritten, then an optimizer.
-    train = qb.build_placement_graph('conv', 'Relu6', True, True, resource)
+    train = gb.build_placement_graph('conv', 'Relu6', True, True, resource)
     graph = train.graph
     tf1_quantize.create_training_graph(graph, quant_delay=delay)
     output = graph.get_operation_by_name('output').inputs[0]
@@ -98,7 +97,7 @@ def test_training_checkpoint_restores_into_eval_graph(tmp_path, delay,
         assert tf.train.load_variable(path, STEP) == 3
 
     # Eval: the same model with an inference-mode BN.
-    evaluation = qb.build_placement_graph('conv', 'Relu6', True, True,
+    evaluation = gb.build_placement_graph('conv', 'Relu6', True, True,
                                           resource, bn_training=False)
     eval_graph = evaluation.graph
     if delay:
@@ -142,10 +141,10 @@ def test_training_checkpoint_restores_into_eval_graph(tmp_path, delay,
     weights_in, weights_out, w_min, w_max = values['test/test/weights_quant']
     np.testing.assert_allclose(weights_in, mul_fold, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(
-        weights_out, qb.numpy_fake_quant(weights_in, w_min, w_max, 8, True),
+        weights_out, gb.numpy_fake_quant(weights_in, w_min, w_max, 8, True),
         rtol=0, atol=1e-5)
     np.testing.assert_array_equal(values['conv_weights'], weights_out)
-    bias = beta - mean * gamma / np.sqrt(variance + qb.EPSILON)
+    bias = beta - mean * gamma / np.sqrt(variance + gb.EPSILON)
     expected_add = tf.nn.conv2d(feed_value, weights_out, [1, 1, 1, 1],
                                 'SAME').numpy() + bias
     np.testing.assert_allclose(values['add_fold'], expected_add, rtol=1e-4,
@@ -153,7 +152,7 @@ def test_training_checkpoint_restores_into_eval_graph(tmp_path, delay,
     conv_in, conv_out, c_min, c_max = values['test/test/conv_quant']
     np.testing.assert_array_equal(conv_in, values['add_fold'])
     np.testing.assert_allclose(
-        conv_out, qb.numpy_fake_quant(conv_in, c_min, c_max, 8, False),
+        conv_out, gb.numpy_fake_quant(conv_in, c_min, c_max, 8, False),
         rtol=0, atol=1e-5)
     np.testing.assert_array_equal(values['bypass_input'], conv_out)
     act_in, act_out, a_min, a_max = values['test/act_quant']
@@ -161,7 +160,7 @@ def test_training_checkpoint_restores_into_eval_graph(tmp_path, delay,
         act_in, np.clip(conv_out + feed_value, 0.0, 6.0), rtol=1e-5,
         atol=1e-5)
     np.testing.assert_allclose(
-        act_out, qb.numpy_fake_quant(act_in, a_min, a_max, 8, False),
+        act_out, gb.numpy_fake_quant(act_in, a_min, a_max, 8, False),
         rtol=0, atol=1e-5)
     np.testing.assert_array_equal(values['output'], act_out)
 
@@ -183,7 +182,7 @@ def _contrib_values():
     activation_fn=relu6)`` after ``create_training_graph(quant_delay=...)``
     (spec 3.9 and 10)."""
     values = gb.Values(42)
-    decay_power = qb.EMA_DECAY**CONTRIB_LOCAL_STEP
+    decay_power = gb.EMA_DECAY**CONTRIB_LOCAL_STEP
     act_min, act_max = 0.0, 5.25
     result = {
         SCOPE + '/weights': values.normal([3, 3, 3, 4]),
@@ -232,8 +231,8 @@ def contrib_checkpoint(tmp_path_factory):
 def _mobilenet_graph(bn_training):
     graph = tf.Graph()
     with graph.as_default():
-        x = qb.input_placeholder()
-        layer = qb.conv_layer(x, SCOPE, 4, gb.Values(0), batch_norm=True,
+        x = gb.input_placeholder()
+        layer = gb.conv_layer(x, SCOPE, 4, gb.Values(0), batch_norm=True,
                               bn_training=bn_training, activation='Relu6',
                               resource=False)
         tf.reduce_sum(layer.output, name='output')
@@ -275,7 +274,7 @@ def test_contrib_checkpoint_restores_into_training_graph(contrib_checkpoint):
         'weights_range': _fq_inputs(graph, WEIGHTS_QUANT)[2:],
         'act_range': _fq_inputs(graph, ACT_QUANT)[2:],
     }
-    feed = {x: qb.random_feeds(x, 1, seed=13)[0][x]}
+    feed = {x: gb.random_feeds(x, 1, seed=13)[0][x]}
     with v1.Session(graph=graph) as sess:
         saver.restore(sess, path)
         restored = sess.run(variables)
@@ -288,10 +287,10 @@ def test_contrib_checkpoint_restores_into_training_graph(contrib_checkpoint):
     # The counter continues from the checkpoint: past the delay, quantized.
     assert after[STEP] == CONTRIB_STEP + 1
     # The moving averages continue from the restored shadow variables.
-    batch = qb.batch_range(values['relu6'], 8, False, False)
+    batch = gb.batch_range(values['relu6'], 8, False, False)
     for index, bound in enumerate(('min', 'max')):
         shadow = '%s/%s/%s' % (ACT_QUANT, ACT_QUANT, bound)
-        reference = qb.EmaReference(biased=float(written[shadow + '/biased']),
+        reference = gb.EmaReference(biased=float(written[shadow + '/biased']),
                                     local_step=CONTRIB_LOCAL_STEP)
         expected = reference.update(batch[index])
         np.testing.assert_allclose(values['act_range'][index], expected,
@@ -306,15 +305,15 @@ def test_contrib_checkpoint_restores_into_training_graph(contrib_checkpoint):
     assert abs(values['act_range'][1] - written[ACT_QUANT + '/max']) < 0.01
     np.testing.assert_allclose(
         values['weights_range'],
-        qb.batch_range(values['mul_fold'], 8, True, False), rtol=1e-6,
+        gb.batch_range(values['mul_fold'], 8, True, False), rtol=1e-6,
         atol=1e-7)
     np.testing.assert_allclose(
         values['conv_weights'],
-        qb.numpy_fake_quant(values['mul_fold'], *values['weights_range'], 8,
+        gb.numpy_fake_quant(values['mul_fold'], *values['weights_range'], 8,
                             True), rtol=0, atol=1e-5)
     np.testing.assert_allclose(
         values['output'],
-        qb.numpy_fake_quant(values['relu6'], *values['act_range'], 8, False),
+        gb.numpy_fake_quant(values['relu6'], *values['act_range'], 8, False),
         rtol=0, atol=1e-5)
     # The step trained the weights.
     assert not np.array_equal(after[SCOPE + '/weights'],
@@ -337,14 +336,14 @@ def test_contrib_checkpoint_restores_into_eval_graph(contrib_checkpoint):
         'relu6': op(SCOPE + '/Relu6').outputs[0],
         'conv_weights': op(SCOPE + '/Conv2D_Fold').inputs[1],
     }
-    feed_value = qb.random_feeds(x, 1, seed=17)[0][x]
+    feed_value = gb.random_feeds(x, 1, seed=17)[0][x]
     with v1.Session(graph=graph) as sess:
         saver.restore(sess, path)
         values = sess.run(fetches, {x: feed_value})
     mul_fold = _folded_weights(written[SCOPE + '/weights'],
                                written[SCOPE + '/BatchNorm/gamma'],
                                written[SCOPE + '/BatchNorm/moving_variance'])
-    weights = qb.numpy_fake_quant(mul_fold, written[WEIGHTS_QUANT + '/min'],
+    weights = gb.numpy_fake_quant(mul_fold, written[WEIGHTS_QUANT + '/min'],
                                   written[WEIGHTS_QUANT + '/max'], 8, True)
     np.testing.assert_allclose(values['conv_weights'], weights, rtol=0,
                                atol=1e-5)
@@ -352,7 +351,7 @@ def test_contrib_checkpoint_restores_into_eval_graph(contrib_checkpoint):
     variance = written[SCOPE + '/BatchNorm/moving_variance']
     bias = (written[SCOPE + '/BatchNorm/beta'] -
             written[SCOPE + '/BatchNorm/moving_mean'] * gamma /
-            np.sqrt(variance + qb.EPSILON))
+            np.sqrt(variance + gb.EPSILON))
     conv = tf.nn.conv2d(feed_value, values['conv_weights'], [1, 1, 1, 1],
                         'SAME').numpy()
     np.testing.assert_allclose(values['relu6'],
@@ -360,7 +359,7 @@ def test_contrib_checkpoint_restores_into_eval_graph(contrib_checkpoint):
                                atol=1e-4)
     np.testing.assert_allclose(
         values['output'],
-        qb.numpy_fake_quant(values['relu6'], written[ACT_QUANT + '/min'],
+        gb.numpy_fake_quant(values['relu6'], written[ACT_QUANT + '/min'],
                             written[ACT_QUANT + '/max'], 8, False),
         rtol=0, atol=1e-5)
     # Outputs above the learned range are clamped to it.
@@ -404,8 +403,8 @@ def test_check_refuses_a_renamed_scope_and_says_why(contrib_checkpoint,
     path, _ = contrib_checkpoint
     graph = tf.Graph()
     with graph.as_default():
-        x = qb.input_placeholder()
-        layer = qb.conv_layer(x, 'MobilenetV2/Conv2d_0', 4, gb.Values(0),
+        x = gb.input_placeholder()
+        layer = gb.conv_layer(x, 'MobilenetV2/Conv2d_0', 4, gb.Values(0),
                               batch_norm=True, bn_training=True,
                               activation='Relu6', resource=False)
         tf.reduce_sum(layer.output, name='output')

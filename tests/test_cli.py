@@ -7,15 +7,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import graph_builders
+import builders
 from tf1_quantize import cli
 
 v1 = tf.compat.v1
 
 
 def _write_meta(path, training):
-    spec = graph_builders.LayerSpec(bn_training=training, activation='relu6')
-    built = graph_builders.build_contrib_layer(spec)
+    spec = builders.LayerSpec(bn_training=training, activation='relu6')
+    built = builders.build_contrib_layer(spec)
     with built.graph.as_default():
         v1.train.export_meta_graph(str(path))
     return str(path)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import graph_builders as gb
+import builders as gb
 
 import tf1_quantize
 

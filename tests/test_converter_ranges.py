@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import graph_builders as gb
-import quantize_builders as qb
+import builders as gb
 import tf1_quantize
 from tf1_quantize import export
 
@@ -19,7 +18,7 @@ INPUT_SHAPE = [None, 8, 8, 3]
 def _head(kind, x, values):
     """The op under test, between quantized layers where it can be."""
     if kind == 'concat':
-        other = qb.conv_layer(x, 'other', 4, values).output
+        other = gb.conv_layer(x, 'other', 4, values).output
         return tf.concat([x, other], axis=-1, name='concat')
     if kind == 'avg_pool':
         return tf.nn.avg_pool2d(x, 2, 2, 'VALID', name='avg_pool')
@@ -42,9 +41,9 @@ def _model(kind):
     graph = tf.Graph()
     with graph.as_default():
         images = v1.placeholder(tf.float32, INPUT_SHAPE, name='images')
-        x = qb.conv_layer(images, 'first', 4, values).output
+        x = gb.conv_layer(images, 'first', 4, values).output
         x = _head(kind, x, values)
-        x = qb.conv_layer(x, 'second', 4, values).output
+        x = gb.conv_layer(x, 'second', 4, values).output
         x = tf.reduce_mean(x, [1, 2], name='mean')
         weights = gb.variable('logits/weights', values.normal([4, 5]))
         biases = gb.variable('logits/biases', values.normal([5]))

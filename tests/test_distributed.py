@@ -21,6 +21,8 @@ import tf1_quantize
 v1 = tf.compat.v1
 _TASK = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                      'cluster_task.py')
+# The task imports tf1_quantize and the tests' helpers as this process does.
+_ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
 _TIMEOUT_S = 90
 _STEPS = 8
 
@@ -40,7 +42,8 @@ def _start(spec, directory, name):
     log = os.path.join(directory, name + '.log')
     with open(log, 'w') as output:
         process = subprocess.Popen([sys.executable, _TASK, json.dumps(spec)],
-                                   stdout=output, stderr=subprocess.STDOUT)
+                                   stdout=output, stderr=subprocess.STDOUT,
+                                   env=_ENV)
     return process, spec['out'], log
 
 
@@ -166,7 +169,7 @@ def test_tf_distribute_strategies_are_refused_untouched(tmp_path):
     process = subprocess.run(
         [sys.executable, _TASK, json.dumps({
             'scenario': 'strategies', 'out': str(tmp_path / 'out.json')})],
-        capture_output=True, text=True, timeout=_TIMEOUT_S)
+        capture_output=True, text=True, timeout=_TIMEOUT_S, env=_ENV)
     assert process.returncode == 0, process.stdout + process.stderr
     with open(tmp_path / 'out.json') as f:
         results = json.load(f)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import graph_builders
+import builders
 import tf1_quantize
 from tf1_quantize import export
 
@@ -69,7 +69,7 @@ def _raw_batch_norm(fused, h, values, training):
     did) or unfused batch norm with moving-average updates in training."""
     channels = h.shape[-1]
     variables = {
-        name: graph_builders.variable(name, value,
+        name: builders.variable(name, value,
                                       trainable=not name.startswith('moving'))
         for name, value in _bn_values(values, channels).items()
     }
@@ -80,7 +80,7 @@ def _raw_batch_norm(fused, h, values, training):
             tf.reshape(h, [-1, 1, 1, channels]) if len(shape) == 2 else h,
             variables['gamma'], variables['beta'],
             None if training else mean, None if training else variance,
-            epsilon=graph_builders.EPSILON, is_training=training)
+            epsilon=builders.EPSILON, is_training=training)
         h = tf.reshape(h, shape) if len(shape) == 2 else h
     else:
         if training:
@@ -90,34 +90,34 @@ def _raw_batch_norm(fused, h, values, training):
             batch_mean, batch_variance = mean, variance
         h = tf.nn.batch_normalization(
             h, batch_mean, batch_variance, variables['beta'],
-            variables['gamma'], graph_builders.EPSILON)
+            variables['gamma'], builders.EPSILON)
     if training:
         for moving, statistic, name in (
                 (mean, batch_mean, 'AssignMovingAvg'),
                 (variance, batch_variance, 'AssignMovingAvg_1')):
             v1.add_to_collection(
                 v1.GraphKeys.UPDATE_OPS,
-                graph_builders.assign_moving_average(
-                    moving, statistic, graph_builders.MOMENTUM, name))
+                builders.assign_moving_average(
+                    moving, statistic, builders.MOMENTUM, name))
     return h
 
 
 def _build_raw(case, training, values, x):
     with v1.variable_scope('first'):
         if case.first == 'conv':
-            w = graph_builders.variable(
+            w = builders.variable(
                 'weights', values.normal([3, 3, IN_CHANNELS, CHANNELS]))
             h = tf.nn.conv2d(x, w, 1, 'SAME')
         else:
             h = tf.reshape(x, [BATCH, -1])
-            w = graph_builders.variable(
+            w = builders.variable(
                 'weights', values.normal([h.shape[1], CHANNELS]))
             h = tf.matmul(h, w)
-        b = graph_builders.variable('biases', values.normal([CHANNELS]))
+        b = builders.variable('biases', values.normal([CHANNELS]))
         h = tf.nn.relu(tf.nn.bias_add(h, b))
     with v1.variable_scope('BatchNorm'):
         h = _raw_batch_norm(case.bn == 'fused', h, values, training)
-    bn_name = graph_builders.find_op_upstream(
+    bn_name = builders.find_op_upstream(
         h, 'FusedBatchNormV3' if case.bn == 'fused' else 'AddV2').name
     extra = [tf.reduce_sum(h, [1, 2], name='second_reader')] if (
         case.second_reader) else []
@@ -126,28 +126,28 @@ def _build_raw(case, training, values, x):
     with v1.variable_scope('next'):
         if case.consumer == 'fc':
             h = tf.reshape(h, [BATCH, -1])
-            w = graph_builders.variable(
+            w = builders.variable(
                 'weights', values.normal([h.shape[1], UNITS]))
-            b = graph_builders.variable('biases', values.normal([UNITS]))
+            b = builders.variable('biases', values.normal([UNITS]))
             out = tf.nn.bias_add(tf.matmul(h, w), b, name='logits')
         else:
-            w = graph_builders.variable(
+            w = builders.variable(
                 'weights', values.normal([2, 2, CHANNELS, UNITS]))
             out = tf.nn.conv2d(h, w, case.stride, case.padding)
             if case.next_bn:
                 with v1.variable_scope('BatchNorm'):
                     out = _raw_batch_norm(True, out, values, training)
             else:
-                b = graph_builders.variable('biases', values.normal([UNITS]))
+                b = builders.variable('biases', values.normal([UNITS]))
                 out = tf.nn.bias_add(out, b)
             out = tf.nn.relu(out)
-    layer = graph_builders.find_op_upstream(
+    layer = builders.find_op_upstream(
         out, 'MatMul' if case.consumer == 'fc' else 'Conv2D')
     return [out] + extra, bn_name, layer.name
 
 
 def _build_keras(case, training, values, x):
-    keras = graph_builders.keras_module()
+    keras = builders.keras_module()
     layers, const = keras.layers, v1.constant_initializer
     if case.first == 'conv':
         h = layers.Conv2D(
@@ -160,11 +160,11 @@ def _build_keras(case, training, values, x):
             values.normal([h.shape[1], CHANNELS])))(h)
     bn_values = _bn_values(values)
     h = layers.BatchNormalization(
-        epsilon=graph_builders.EPSILON, momentum=graph_builders.MOMENTUM,
+        epsilon=builders.EPSILON, momentum=builders.MOMENTUM,
         fused=case.bn == 'fused',
         **{name + '_initializer': const(value)
            for name, value in bn_values.items()})(h, training=training)
-    bn_name = graph_builders.find_op_upstream(
+    bn_name = builders.find_op_upstream(
         h, 'FusedBatchNormV3' if case.bn == 'fused' else 'AddV2').name
     if case.maxpool:
         h = layers.MaxPooling2D(2, 1)(h)
@@ -178,7 +178,7 @@ def _build_keras(case, training, values, x):
             activation='relu',
             kernel_initializer=const(
                 values.normal([2, 2, CHANNELS, UNITS])))(h)
-    layer = graph_builders.find_op_upstream(
+    layer = builders.find_op_upstream(
         out, 'MatMul' if case.consumer == 'fc' else 'Conv2D')
     if training:
         for op in out.graph.get_operations():
@@ -194,7 +194,7 @@ def build(case: Case, training: bool, seed: int = 0) -> Built:
         x = v1.placeholder(tf.float32, INPUT.shape, name='x')
         make = _build_keras if case.keras else _build_raw
         outputs, bn_name, layer_name = make(
-            case, training, graph_builders.Values(seed), x)
+            case, training, builders.Values(seed), x)
     return Built(graph, x, outputs, bn_name, layer_name)
 
 

@@ -4,14 +4,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import graph_builders
+import builders
 from tf1_quantize import graph_def as graph_def_lib
 
 v1 = tf.compat.v1
 
 
-def _meta_graph(spec=graph_builders.LayerSpec()):
-    built = graph_builders.build_contrib_layer(spec)
+def _meta_graph(spec=builders.LayerSpec()):
+    built = builders.build_contrib_layer(spec)
     with built.graph.as_default():
         return v1.train.export_meta_graph(), built
 
@@ -37,7 +37,7 @@ def test_meta_graph_rewrite_leaves_input_untouched_and_keeps_collections():
 
 
 def test_meta_graph_eval_rewrite_runs_from_a_saver_restore(tmp_path):
-    meta, _ = _meta_graph(graph_builders.LayerSpec(bn_training=False))
+    meta, _ = _meta_graph(builders.LayerSpec(bn_training=False))
     rewritten = graph_def_lib.rewrite_meta_graph_def(meta, is_training=False)
     graph = tf.Graph()
     with graph.as_default():

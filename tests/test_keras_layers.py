@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import graph_builders as gb
+import builders as gb
 import tf1_quantize
 from tf1_quantize import export
 

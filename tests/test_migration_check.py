@@ -18,8 +18,7 @@ import tensorflow as tf
 import tf1_quantize
 from tf1_quantize import checkpoints
 from tf1_quantize import cli
-import graph_builders as gb
-import quantize_builders as qb
+import builders as gb
 
 v1 = tf.compat.v1
 
@@ -37,8 +36,8 @@ def _model(rewrite=None, quant_delay=0):
     """
     graph = tf.Graph()
     with graph.as_default():
-        x = qb.input_placeholder()
-        layer = qb.conv_layer(x, SCOPE, 4, gb.Values(3), batch_norm=True,
+        x = gb.input_placeholder()
+        layer = gb.conv_layer(x, SCOPE, 4, gb.Values(3), batch_norm=True,
                               bn_training=rewrite != 'eval',
                               activation='Relu6', resource=True)
         output = tf.identity(layer.output, name='output')
@@ -76,11 +75,11 @@ def saved(tmp_path_factory):
     graph, x, output, updates = _model()
     paths['float'] = _save(graph, os.path.join(str(folder), 'float.ckpt'),
                            _train_op(graph, output, updates),
-                           qb.random_feeds(x, 2, seed=5))
+                           gb.random_feeds(x, 2, seed=5))
     graph, x, output, updates = _model('train', quant_delay=1)
     paths['qat'] = _save(graph, os.path.join(str(folder), 'qat.ckpt'),
                          _train_op(graph, output, updates),
-                         qb.random_feeds(x, 3, seed=6))
+                         gb.random_feeds(x, 3, seed=6))
     # An eval-graph checkpoint holding the QAT ranges (e.g. written by an
     # export script): no moving-average state, no step counter.
     graph, _, _, _ = _model('eval')
@@ -213,7 +212,7 @@ def test_eval_checkpoint_loses_the_moving_averages_in_training(saved):
         act_max = {v.op.name: v for v in v1.global_variables()}[ACT + '/max']
     relu6 = graph.get_operation_by_name(SCOPE + '/Relu6').outputs[0]
     trained = tf.train.load_variable(saved['qat_eval'], ACT + '/max')
-    feed = qb.random_feeds(x, 1, seed=9)[0]
+    feed = gb.random_feeds(x, 1, seed=9)[0]
     with v1.Session(graph=graph) as sess:
         sess.run(init)
         assert sess.run(act_max) == trained

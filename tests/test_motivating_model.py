@@ -10,7 +10,7 @@ Keras 2 layers in graph mode, rewritten, trained a few steps, exported.
 import numpy as np
 import tensorflow as tf
 
-import graph_builders
+import builders
 import tf1_quantize
 from tf1_quantize import export
 
@@ -20,7 +20,7 @@ BATCH, STEPS = 8, 4
 
 def _model(training):
     """Builds the model in a new graph; returns (graph, images, probs)."""
-    keras = graph_builders.keras_module()
+    keras = builders.keras_module()
     layers = keras.layers
     # Keras draws unseeded initializers from Python's RNG, not the graph seed.
     seeds = iter(range(4))

@@ -16,8 +16,7 @@ from google.protobuf import text_format
 
 from tf1_quantize import api
 from tf1_quantize import object_detection as od
-import graph_builders as gb
-import quantize_builders as qb
+import builders as gb
 
 v1 = tf.compat.v1
 
@@ -204,8 +203,8 @@ def test_training_and_eval_rewrites_of_a_model():
     for is_training in (True, False):
         graph = tf.Graph()
         with graph.as_default():
-            x = qb.input_placeholder()
-            qb.conv_layer(x, 'FeatureExtractor/Conv', 4, gb.Values(0),
+            x = gb.input_placeholder()
+            gb.conv_layer(x, 'FeatureExtractor/Conv', 4, gb.Values(0),
                           batch_norm=True, bn_training=is_training,
                           activation='Relu6', resource=True)
             od.build_graph_rewriter(PIPELINE, is_training)()

@@ -6,7 +6,8 @@ import inspect
 import pytest
 import tensorflow as tf
 
-import quantize_graph_common as common
+import builders as gb
+import graph_checks as common
 
 import tf1_quantize
 
@@ -58,17 +59,17 @@ def test_exports():
 
 @pytest.mark.parametrize('name', common.API_NAMES)
 def test_rewrites_in_place_and_returns_none(name):
-    graph = common.rich_graph(bn_training=name in common.TRAINING_API)
+    graph = gb.rich_graph(bn_training=name in common.TRAINING_API)
     before = common.global_names(graph)
     assert common.api(name)(graph) is None
-    assert common.fq_prefixes(graph) == common.RICH_PREFIXES
+    assert common.fq_prefixes(graph) == gb.RICH_PREFIXES
     assert common.global_names(graph) > before  # testRewrite: adds variables.
 
 
 @pytest.mark.parametrize('name', common.API_NAMES)
 def test_none_input_graph_uses_default_graph(name):
-    graph = common.simple_graph(batch_norm=False)
-    other = common.simple_graph(batch_norm=False)
+    graph = gb.simple_graph(batch_norm=False)
+    other = gb.simple_graph(batch_norm=False)
     other_bytes = common.graph_bytes(other)
     with graph.as_default():
         assert common.api(name)() is None
@@ -87,11 +88,11 @@ def test_none_input_graph_uses_default_graph(name):
 def test_create_equals_experimental_with_defaults(pair, delay):
     """Spec 1.1: create_X is experimental_create_X with default arguments."""
     training = pair[0] in common.TRAINING_API
-    graphs = [common.rich_graph(bn_training=training) for _ in pair]
+    graphs = [gb.rich_graph(bn_training=training) for _ in pair]
     kwargs = {'quant_delay': delay} if training else {}
     for name, graph in zip(pair, graphs):
         common.call(name, graph, **kwargs)
-    assert common.fq_prefixes(graphs[0]) == common.RICH_PREFIXES
+    assert common.fq_prefixes(graphs[0]) == gb.RICH_PREFIXES
     assert common.graph_bytes(graphs[0]) == common.graph_bytes(graphs[1])
 
 
@@ -103,7 +104,7 @@ def test_create_equals_experimental_with_defaults(pair, delay):
 def test_freeze_bn_delay_reaches_folding(name, kwargs, freeze):
     """create_training_graph never freezes; the experimental function
     passes freeze_bn_delay to folding (spec 1.1, 2.4)."""
-    graph = common.simple_graph()
+    graph = gb.simple_graph()
     common.call(name, graph, **kwargs)
     freeze_ops = [op for op in graph.get_operations()
                   if op.name.endswith('use_moving_average')]
@@ -123,7 +124,7 @@ def test_freeze_bn_delay_reaches_folding(name, kwargs, freeze):
 
 
 def _graph_with_optimizer(resource):
-    graph = common.simple_graph()
+    graph = gb.simple_graph()
     with graph.as_default():
         with v1.variable_scope('extra', use_resource=resource):
             w = v1.get_variable('w', [3], initializer=v1.ones_initializer())
@@ -149,7 +150,7 @@ def test_training_op_check(name, resource):
 
 @pytest.mark.parametrize('name', common.API_NAMES)
 def test_finalized_graph(name):
-    graph = common.simple_graph()
+    graph = gb.simple_graph()
     graph.finalize()
     before = common.graph_bytes(graph)
     with pytest.raises(ValueError) as error:
@@ -161,7 +162,7 @@ def test_finalized_graph(name):
 @pytest.mark.parametrize('name', common.API_NAMES)
 @pytest.mark.parametrize('argument', ['graph_def', 'string', 'session'])
 def test_non_graph_argument(name, argument):
-    graph = common.simple_graph()
+    graph = gb.simple_graph()
     value = {'graph_def': graph.as_graph_def(), 'string': 'test',
              'session': None}[argument]
     if argument == 'session':
@@ -189,7 +190,7 @@ def _invalid_calls():
 @pytest.mark.parametrize('name,kwargs', list(_invalid_calls()),
                          ids=lambda v: str(v))
 def test_invalid_arguments_raise_before_mutation(name, kwargs):
-    graph = common.simple_graph()
+    graph = gb.simple_graph()
     op_count = len(graph.get_operations())
     before = common.graph_bytes(graph)
     with pytest.raises(ValueError):
@@ -201,7 +202,7 @@ def test_invalid_arguments_raise_before_mutation(name, kwargs):
 
 @pytest.mark.parametrize('name', common.EXPERIMENTAL_API)
 def test_bit_extremes_are_accepted(name):
-    graph = common.simple_graph()
+    graph = gb.simple_graph()
     common.call(name, graph, weight_bits=2, activation_bits=16)
     fqs = common.fake_quants(graph)
     assert fqs['test/weights_quant/' + common.FQ].get_attr('num_bits') == 2
@@ -228,7 +229,7 @@ IDEMPOTENCE_CALLS = [
 @pytest.mark.parametrize('name,kwargs', IDEMPOTENCE_CALLS,
                          ids=lambda v: str(v))
 def test_second_call_changes_nothing(name, kwargs):
-    graph = common.rich_graph(bn_training=name in common.TRAINING_API)
+    graph = gb.rich_graph(bn_training=name in common.TRAINING_API)
     common.call(name, graph, **kwargs)
     first = common.graph_bytes(graph)
     variables = common.global_names(graph)
@@ -243,7 +244,7 @@ def test_second_call_changes_nothing(name, kwargs):
 def test_quant_delay_constant():
     """testQuantDelay: the delay is an int64 Const under activate_quant."""
     for name in common.TRAINING_API + ('experimental_create_eval_graph',):
-        graph = common.simple_graph(batch_norm=name in common.TRAINING_API)
+        graph = gb.simple_graph(batch_norm=name in common.TRAINING_API)
         common.call(name, graph, quant_delay=100)
         consts = [op for op in graph.get_operations()
                   if op.type == 'Const' and 'activate_quant' in op.name]
@@ -263,7 +264,7 @@ def test_quant_delay_constant():
     ('experimental_create_eval_graph', {'quant_delay': 0}),
 ])
 def test_no_delay_builds_no_conditional_and_no_counter(name, kwargs):
-    graph = common.rich_graph(bn_training=name in common.TRAINING_API)
+    graph = gb.rich_graph(bn_training=name in common.TRAINING_API)
     common.call(name, graph, **kwargs)
     assert common.STEP not in common.global_names(graph)
     assert not [op.name for op in graph.get_operations()
@@ -273,8 +274,8 @@ def test_no_delay_builds_no_conditional_and_no_counter(name, kwargs):
 
 @pytest.mark.parametrize('delay', [None, 5])
 def test_eval_graph_vs_training_graph(delay):
-    train = common.rich_graph(bn_training=True)
-    evaluation = common.rich_graph(bn_training=False)
+    train = gb.rich_graph(bn_training=True)
+    evaluation = gb.rich_graph(bn_training=False)
     tf1_quantize.create_training_graph(train, quant_delay=delay or 0)
     if delay:
         tf1_quantize.experimental_create_eval_graph(evaluation,
@@ -288,8 +289,8 @@ def test_eval_graph_vs_training_graph(delay):
         assert any(marker in n for n in train_names), marker
         assert not any(marker in n for n in eval_names), marker
     assert not any('BatchMin' in n or 'BatchMax' in n for n in eval_names)
-    assert common.fq_prefixes(evaluation) == common.fq_prefixes(train) == common.RICH_PREFIXES
-    for prefix in common.RICH_PREFIXES:
+    assert common.fq_prefixes(evaluation) == common.fq_prefixes(train) == gb.RICH_PREFIXES
+    for prefix in gb.RICH_PREFIXES:
         fq = evaluation.get_operation_by_name(prefix + '/' + common.FQ)
         assert common.range_source(fq.inputs[1]) == (None, prefix + '/min')
         assert common.range_source(fq.inputs[2]) == (None, prefix + '/max')
@@ -298,28 +299,28 @@ def test_eval_graph_vs_training_graph(delay):
     assert not [n for n in eval_vars if 'biased' in n or 'local_step' in n]
     assert eval_vars <= train_vars
     shadows = set().union(*(common.ema_variables(p)
-                            for p in common.RICH_PREFIXES - common.RICH_WEIGHT_PREFIXES))
+                            for p in gb.RICH_PREFIXES - gb.RICH_WEIGHT_PREFIXES))
     assert train_vars - eval_vars == shadows
     assert (common.STEP in eval_vars) == bool(delay)
     assert common.STEP in train_vars if delay else common.STEP not in train_vars
-    ranges = {'%s/%s' % (p, b) for p in common.RICH_PREFIXES for b in ('min', 'max')}
+    ranges = {'%s/%s' % (p, b) for p in gb.RICH_PREFIXES for b in ('min', 'max')}
     assert ranges <= eval_vars
     if delay:
-        for prefix in common.RICH_PREFIXES:
+        for prefix in gb.RICH_PREFIXES:
             common.assert_quantizer(
                 evaluation, prefix,
                 evaluation.get_operation_by_name(prefix + '/' + common.FQ)
                 .inputs[0].name,
                 common.consumer_names(evaluation.get_tensor_by_name(
                     prefix + '/delayed_quant:0')),
-                moving_avg=prefix not in common.RICH_WEIGHT_PREFIXES,
+                moving_avg=prefix not in gb.RICH_WEIGHT_PREFIXES,
                 is_training=False, delay=delay,
-                narrow_range=prefix in common.RICH_WEIGHT_PREFIXES)
+                narrow_range=prefix in gb.RICH_WEIGHT_PREFIXES)
 
 
 def test_range_variables_collections_and_initial_values():
     """Spec 4 / 4.6: GLOBAL_VARIABLES only, non-trainable, init ranges."""
-    graph = common.rich_graph()
+    graph = gb.rich_graph()
     trainable = {v.op.name for v in graph.get_collection(
         v1.GraphKeys.TRAINABLE_VARIABLES)}
     tf1_quantize.create_training_graph(graph, quant_delay=5)
@@ -332,7 +333,7 @@ def test_range_variables_collections_and_initial_values():
     variables = {v.op.name: v for v in graph.get_collection(common.GLOBAL)}
     with v1.Session(graph=graph) as sess:
         sess.run(v1.global_variables_initializer())
-        for prefix in common.RICH_PREFIXES:
+        for prefix in gb.RICH_PREFIXES:
             init_min = 0.0 if prefix.endswith('/act_quant') else -6.0
             low, high = sess.run([variables[prefix + '/min'],
                                   variables[prefix + '/max']])
@@ -340,7 +341,7 @@ def test_range_variables_collections_and_initial_values():
         assert sess.run(variables[common.STEP]) == 0
     assert variables[common.STEP].dtype.base_dtype == tf.int64
     assert variables[common.STEP].shape == []
-    for prefix in common.RICH_PREFIXES:
+    for prefix in gb.RICH_PREFIXES:
         for bound in ('min', 'max'):
             var = variables['%s/%s' % (prefix, bound)]
             assert var.shape == [] and var.dtype.base_dtype == tf.float32
@@ -352,11 +353,11 @@ def test_range_variables_collections_and_initial_values():
 @pytest.mark.parametrize('name', common.EXPERIMENTAL_API)
 @pytest.mark.parametrize('symmetric', [False, True])
 def test_bits_and_narrow_range(name, symmetric):
-    graph = common.rich_graph(bn_training=name in common.TRAINING_API)
+    graph = gb.rich_graph(bn_training=name in common.TRAINING_API)
     common.call(name, graph, weight_bits=3, activation_bits=5,
                 symmetric=symmetric)
     fqs = common.fake_quants(graph)
-    assert common.fq_prefixes(graph) == common.RICH_PREFIXES
+    assert common.fq_prefixes(graph) == gb.RICH_PREFIXES
     for fq_name, op in fqs.items():
         is_weight = '/weights_quant/' in fq_name
         assert op.get_attr('num_bits') == (3 if is_weight else 5), fq_name

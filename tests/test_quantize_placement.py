@@ -5,9 +5,8 @@ import itertools
 import pytest
 import tensorflow as tf
 
-import graph_builders as gb
-import quantize_builders as qb
-import quantize_graph_common as common
+import builders as gb
+import graph_checks as common
 
 import tf1_quantize
 
@@ -28,7 +27,7 @@ _SECONDARY_PAIRS = [[(None, False, None), (0, True, 'test')],
 
 def _placement_params():
     base = list(itertools.product(('conv', 'fc', 'depthwise'),
-                                  qb.ACTIVATIONS, (False, True),
+                                  gb.PLACEMENT_ACTIVATIONS, (False, True),
                                   (False, True)))
     base += [('atrous', 'Relu6', True, True), ('atrous', None, False, False)]
     for index, (layer, activation, bypass, bn) in enumerate(base):
@@ -48,13 +47,13 @@ def _placement_params():
 def _expected_placement(layer, activation, bypass, bn, resource):
     """{prefix: (source tensor, consumers, moving_avg, narrow)} per spec."""
     s = 'test/test' if bypass else 'test'
-    layer_op = '%s/%s%s' % (s, common.LAYER_OP_NAMES[layer], '_Fold' if bn else '')
+    layer_op = '%s/%s%s' % (s, gb.LAYER_OP_NAMES[layer], '_Fold' if bn else '')
     if bn:
         weights = s + '/mul_fold:0'
     elif resource:
-        weights = '%s/%s/ReadVariableOp:0' % (s, common.LAYER_OP_NAMES[layer])
+        weights = '%s/%s/ReadVariableOp:0' % (s, gb.LAYER_OP_NAMES[layer])
     else:
-        weights = '%s/%s/read:0' % (s, common.WEIGHT_NAMES[layer])
+        weights = '%s/%s/read:0' % (s, gb.WEIGHT_NAMES[layer])
     bias_add = s + ('/add_fold:0' if bn else '/BiasAdd:0')
     expected = {s + '/weights_quant': (weights, [layer_op], False, True)}
     if activation is not None:
@@ -79,7 +78,7 @@ def _expected_placement(layer, activation, bypass, bn, resource):
     'layer,activation,bypass,bn,delay,resource,scope',
     list(_placement_params()))
 def test_placement(layer, activation, bypass, bn, delay, resource, scope):
-    built = qb.build_placement_graph(layer, activation, bypass, bn, resource)
+    built = gb.build_placement_graph(layer, activation, bypass, bn, resource)
     graph = built.graph
     variables_before = common.global_names(graph)
     tf1_quantize.experimental_create_training_graph(graph, quant_delay=delay,
@@ -118,7 +117,7 @@ def test_placement_second_call_changes_nothing(layer, bn, activation, bypass,
                                                training):
     """Re-running fold + quantize leaves the GraphDef unchanged (spec 1.3,
     2.9, 3.7, 7.4), for every layer type."""
-    built = qb.build_placement_graph(layer, activation, bypass, bn, False,
+    built = gb.build_placement_graph(layer, activation, bypass, bn, False,
                                      bn_training=training)
     graph = built.graph
     if training:
@@ -141,7 +140,7 @@ def test_placement_second_call_changes_nothing(layer, bn, activation, bypass,
 @pytest.mark.parametrize('activation,bypass', [('Relu6', True),
                                                (None, False)])
 def test_eval_placement(activation, bypass):
-    built = qb.build_placement_graph('conv', activation, bypass, True, False,
+    built = gb.build_placement_graph('conv', activation, bypass, True, False,
                                      bn_training=False)
     graph = built.graph
     tf1_quantize.create_eval_graph(graph)
@@ -160,7 +159,7 @@ def test_eval_placement(activation, bypass):
 
 def test_worked_example_training_fused_relu6():
     """Spec 3.9, with quant_delay 0."""
-    graph = common.simple_graph(scope='S')
+    graph = gb.simple_graph(scope='S')
     tf1_quantize.create_training_graph(graph)
     op = graph.get_operation_by_name
     fq = op('S/weights_quant/' + common.FQ)
@@ -202,7 +201,7 @@ def test_identity_between_conv_and_batch_norm():
 
 
 def test_intermediate_activations_quantized():
-    graph = common.activation_graph()
+    graph = gb.activation_graph()
     consumers = {name: common.consumer_names(graph.get_tensor_by_name(name + ':0'))
                  for name in ('test/Mul', 'test/Mul_1', 'test/add')}
     tf1_quantize.experimental_create_training_graph(graph, activation_bits=6,
@@ -230,11 +229,11 @@ def test_post_activation_bypass_quantized():
     """testWithPostActivationBypass / testPostActivationBypassQuantized."""
     graph = tf.Graph()
     with graph.as_default():
-        x = qb.input_placeholder()
-        a = qb.conv_layer(x, 'scope1', 3, gb.Values(0), activation='Relu6')
+        x = gb.input_placeholder()
+        a = gb.conv_layer(x, 'scope1', 3, gb.Values(0), activation='Relu6')
         with tf.name_scope('scope1/'):
             y = tf.add(a.output, x, name='add')
-        b = qb.conv_layer(y, 'scope2', 3, gb.Values(1), activation='Relu')
+        b = gb.conv_layer(y, 'scope2', 3, gb.Values(1), activation='Relu')
         tf.reduce_sum(b.output, name='output')
     tf1_quantize.create_training_graph(graph, quant_delay=3)
     assert common.fq_prefixes(graph) == {
@@ -253,10 +252,10 @@ def test_overlapping_post_activation_bypass():
     so it gets no FakeQuant of its own."""
     graph = tf.Graph()
     with graph.as_default():
-        x = qb.input_placeholder()
-        a = qb.conv_layer(x, 'test/test1', 3, gb.Values(0),
+        x = gb.input_placeholder()
+        a = gb.conv_layer(x, 'test/test1', 3, gb.Values(0),
                           activation='Relu6')
-        b = qb.conv_layer(x, 'test/test2', 3, gb.Values(1), activation=None)
+        b = gb.conv_layer(x, 'test/test2', 3, gb.Values(1), activation=None)
         with tf.name_scope('test/'):
             y = tf.nn.relu6(tf.add(a.output, b.output, name='add'),
                             name='Relu6')
@@ -283,7 +282,7 @@ def test_separable_conv():
     graph = tf.Graph()
     values = gb.Values(0)
     with graph.as_default():
-        x = qb.input_placeholder()
+        x = gb.input_placeholder()
         with v1.variable_scope('test/test', use_resource=False):
             depthwise = v1.get_variable(
                 'depthwise_weights', initializer=values.normal([3, 3, 3, 1]))
@@ -321,7 +320,7 @@ def test_chained_depthwise_convs_sharing_a_resource_variable():
     its own read, so each conv gets its own weights FakeQuant."""
     graph = tf.Graph()
     with graph.as_default():
-        x = qb.input_placeholder()
+        x = gb.input_placeholder()
         with v1.variable_scope('', use_resource=True):
             weights = v1.get_variable(
                 'depthwise_weights',
@@ -356,15 +355,15 @@ def test_batch_norm_forced_updates():
     activation, then a post-activation bypass feeding another conv."""
     graph = tf.Graph()
     with graph.as_default():
-        x = qb.input_placeholder()
-        layer = qb.conv_layer(x, 'test', 3, gb.Values(0), batch_norm=True,
+        x = gb.input_placeholder()
+        layer = gb.conv_layer(x, 'test', 3, gb.Values(0), batch_norm=True,
                               activation=None)
         with tf.name_scope('test/'):
             with tf.control_dependencies(layer.update_ops):
                 y = tf.identity(layer.output, name='Identity')
             y = tf.nn.relu6(y, name='Relu6')
             y = tf.add(y, x, name='add')
-        second = qb.conv_layer(y, 'second', 3, gb.Values(1))
+        second = gb.conv_layer(y, 'second', 3, gb.Values(1))
         tf.reduce_sum(second.output, name='output')
     tf1_quantize.create_training_graph(graph)
     assert common.fq_prefixes(graph) == {
@@ -384,8 +383,8 @@ def test_activation_without_consumers_gets_a_dangling_fake_quant():
     """Spec 3.3 step 8: with no consumers the FakeQuant is still built."""
     graph = tf.Graph()
     with graph.as_default():
-        x = qb.input_placeholder()
-        qb.conv_layer(x, 'test', 3, gb.Values(0))
+        x = gb.input_placeholder()
+        gb.conv_layer(x, 'test', 3, gb.Values(0))
     tf1_quantize.create_training_graph(graph)
     assert common.fq_prefixes(graph) == {'test/weights_quant', 'test/act_quant'}
     fq = graph.get_operation_by_name('test/act_quant/' + common.FQ)
@@ -398,8 +397,8 @@ def test_user_fake_quant_after_reshape_is_respected():
     for user_fake_quant in (True, False):
         graph = tf.Graph()
         with graph.as_default():
-            x = qb.input_placeholder()
-            a = qb.conv_layer(x, 'test', 3, gb.Values(0)).output
+            x = gb.input_placeholder()
+            a = gb.conv_layer(x, 'test', 3, gb.Values(0)).output
             r = tf.reshape(a, [2, -1], name='test/Reshape')
             if user_fake_quant:
                 r = tf.quantization.fake_quant_with_min_max_args(
@@ -421,7 +420,7 @@ def test_user_fake_quant_after_reshape_is_respected():
 def test_partitioned_weights(partitions):
     graph = tf.Graph()
     with graph.as_default():
-        x = qb.input_placeholder()
+        x = gb.input_placeholder()
         with v1.variable_scope(
                 'part', partitioner=v1.fixed_size_partitioner(partitions),
                 use_resource=False):
@@ -443,7 +442,7 @@ def test_shared_weights(delay):
     """testWithSharedWeights: one weights FakeQuant feeds both convs."""
     graph = tf.Graph()
     with graph.as_default():
-        x = qb.input_placeholder()
+        x = gb.input_placeholder()
         init = v1.constant_initializer(gb.Values(0).normal([3, 3, 3, 3]))
 
         def conv(inputs):
@@ -473,8 +472,8 @@ def test_weights_quant_reroutes_every_consumer():
     (spec 3.2 step 1)."""
     graph = tf.Graph()
     with graph.as_default():
-        x = qb.input_placeholder()
-        layer = qb.conv_layer(x, 'scope1', 3, gb.Values(0), resource=False)
+        x = gb.input_placeholder()
+        layer = gb.conv_layer(x, 'scope1', 3, gb.Values(0), resource=False)
         l2 = tf.nn.l2_loss(layer.variables['weights'], name='l2')
         tf.add(tf.reduce_sum(layer.output), l2, name='output')
     tf1_quantize.create_training_graph(graph)
@@ -488,8 +487,8 @@ def test_gradient_ops_are_never_rerouted():
     unquantized tensors, and do not count as unrerouted consumers."""
     graph = tf.Graph()
     with graph.as_default():
-        x = qb.input_placeholder()
-        layer = qb.conv_layer(x, 'test', 3, gb.Values(0), resource=False)
+        x = gb.input_placeholder()
+        layer = gb.conv_layer(x, 'test', 3, gb.Values(0), resource=False)
         output = tf.reduce_sum(layer.output, name='output')
         tf.gradients(output, [x])
     backprop = [op for op in graph.get_operations()

@@ -5,9 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import graph_builders as gb
-import quantize_builders as qb
-import quantize_graph_common as common
+import builders as gb
+import graph_checks as common
 
 import tf1_quantize
 
@@ -20,8 +19,8 @@ v1 = tf.compat.v1
 def test_scope_weights_need_every_consumer_in_scope():
     graph = tf.Graph()
     with graph.as_default():
-        x = qb.input_placeholder()
-        layer = qb.conv_layer(x, 'scope1', 3, gb.Values(0), resource=False)
+        x = gb.input_placeholder()
+        layer = gb.conv_layer(x, 'scope1', 3, gb.Values(0), resource=False)
         l2 = tf.nn.l2_loss(layer.variables['weights'], name='l2')
         tf.add(tf.reduce_sum(layer.output), l2, name='output')
     tf1_quantize.experimental_create_training_graph(graph, scope='scope1')
@@ -36,7 +35,7 @@ def test_scope_producer_and_consumer_filters(bn):
     """scope = the layer scope of a bypass block: the weights are quantized
     (consumer inside), act_quant is not (producer test/Relu6 outside),
     conv_quant is not (its consumer test/AddV2 is outside)."""
-    built = qb.build_placement_graph('conv', 'Relu6', True, bn, False)
+    built = gb.build_placement_graph('conv', 'Relu6', True, bn, False)
     tf1_quantize.experimental_create_training_graph(built.graph,
                                                     scope='test/test')
     assert common.fq_prefixes(built.graph) == {'test/test/weights_quant'}
@@ -50,10 +49,10 @@ def test_scope_two_layers_and_prefix_rules():
     def build():
         graph = tf.Graph()
         with graph.as_default():
-            x = qb.input_placeholder()
-            a = qb.conv_layer(x, 'scope1/Conv', 3, gb.Values(0))
-            b = qb.conv_layer(a.output, 'scope10/Conv', 3, gb.Values(1))
-            c = qb.conv_layer(b.output, 'scope2/Conv', 3, gb.Values(2))
+            x = gb.input_placeholder()
+            a = gb.conv_layer(x, 'scope1/Conv', 3, gb.Values(0))
+            b = gb.conv_layer(a.output, 'scope10/Conv', 3, gb.Values(1))
+            c = gb.conv_layer(b.output, 'scope2/Conv', 3, gb.Values(2))
             tf.reduce_sum(c.output, name='output')
         return graph
 
@@ -74,11 +73,11 @@ def test_scope_two_layers_and_prefix_rules():
 def test_scope_intermediate_ops():
     """testActivationRewriteWithScope: intermediate ops outside the scope
     are not quantized; with no scope they are."""
-    graph = common.activation_graph('scope2')
+    graph = gb.activation_graph('scope2')
     tf1_quantize.experimental_create_training_graph(graph, scope='test')
     assert common.fq_prefixes(graph) == {'test/weights_quant', 'test/act_quant'}
     assert not [n for n in common.fake_quants(graph) if n.startswith('scope2')]
-    graph = common.activation_graph('scope2')
+    graph = gb.activation_graph('scope2')
     tf1_quantize.experimental_create_training_graph(graph)
     assert {'scope2/Mul/activation_Mul_quant',
             'scope2/add/activation_AddV2_quant'} <= common.fq_prefixes(graph)
@@ -87,16 +86,16 @@ def test_scope_intermediate_ops():
 def test_scope_post_activation_bypass_producer_filter():
     graph = tf.Graph()
     with graph.as_default():
-        x = qb.input_placeholder()
-        a = qb.conv_layer(x, 'scope1', 3, gb.Values(0))
+        x = gb.input_placeholder()
+        a = gb.conv_layer(x, 'scope1', 3, gb.Values(0))
         y = tf.add(a.output, x, name='other/add')
         tf.reduce_sum(y, name='output')
     tf1_quantize.experimental_create_training_graph(graph, scope='scope1')
     assert common.fq_prefixes(graph) == {'scope1/weights_quant', 'scope1/act_quant'}
     graph2 = tf.Graph()
     with graph2.as_default():
-        x = qb.input_placeholder()
-        a = qb.conv_layer(x, 'scope1', 3, gb.Values(0))
+        x = gb.input_placeholder()
+        a = gb.conv_layer(x, 'scope1', 3, gb.Values(0))
         y = tf.add(a.output, x, name='other/add')
         tf.reduce_sum(y, name='output')
     tf1_quantize.experimental_create_training_graph(graph2)
@@ -107,11 +106,11 @@ def test_scope_post_activation_bypass_producer_filter():
 def test_non_matching_scope(name):
     """testRewriteWithNonMatchingScope: a BN-free graph is unchanged; a BN
     is still folded (folding ignores the scope)."""
-    graph = common.simple_graph(batch_norm=False)
+    graph = gb.simple_graph(batch_norm=False)
     before = common.graph_bytes(graph)
     common.call(name, graph, scope='NonExistingScope')
     assert common.graph_bytes(graph) == before
-    graph = common.simple_graph(batch_norm=True)
+    graph = gb.simple_graph(batch_norm=True)
     common.call(name, graph, scope='NonExistingScope')
     assert not common.fake_quants(graph)
     graph.get_operation_by_name('test/mul_fold')
@@ -135,9 +134,9 @@ def test_rewrite_inside_caller_scopes(caller_scope):
     root (so checkpoints do not depend on where the rewrite was called);
     the step counter stays `fake_quantization_step` (contrib's variable
     scope bug is fixed), so a second call works and changes nothing."""
-    reference = common.rich_graph()
+    reference = gb.rich_graph()
     tf1_quantize.create_training_graph(reference, quant_delay=5)
-    graph = common.rich_graph()
+    graph = gb.rich_graph()
     snapshots = []
     for _ in range(2):
         with graph.as_default():
@@ -167,7 +166,7 @@ def test_rewrite_inside_caller_scopes(caller_scope):
                 and common.STEP in op.name]
     assert counters == [common.STEP]
     assert {_strip_caller_scope(p) for p in common.fq_prefixes(graph)} == \
-        common.RICH_PREFIXES
+        gb.RICH_PREFIXES
     assert len(names) == len(reference.get_operations())
 
 
@@ -175,7 +174,7 @@ def test_model_built_in_name_scope_has_no_doubled_prefix():
     graph = tf.Graph()
     with graph.as_default():
         with tf.name_scope('name_scope'):
-            common.simple_graph(graph=graph)
+            gb.simple_graph(graph=graph)
             tf1_quantize.create_training_graph(quant_delay=5)
     names = [op.name for op in graph.get_operations()]
     assert not [n for n in names if 'name_scope/name_scope' in n]
@@ -196,8 +195,8 @@ def test_model_and_rewrite_in_name_scope_keep_variable_names():
     graph = tf.Graph()
     with graph.as_default():
         with tf.name_scope('tower_0'):
-            x = qb.input_placeholder()
-            qb.conv_layer(x, 'test', 3, gb.Values(0), resource=False)
+            x = gb.input_placeholder()
+            gb.conv_layer(x, 'test', 3, gb.Values(0), resource=False)
             tf1_quantize.create_training_graph()
     assert common.fq_prefixes(graph) == {'tower_0/test/weights_quant',
                                    'tower_0/test/act_quant'}
@@ -208,7 +207,7 @@ def test_model_and_rewrite_in_name_scope_keep_variable_names():
 
 
 def test_rewrite_inside_null_name_scope():
-    graph = common.simple_graph()
+    graph = gb.simple_graph()
     with graph.as_default():
         with graph.name_scope(None):
             tf1_quantize.create_training_graph()
@@ -232,7 +231,7 @@ def test_training_numbers(weight_bits, activation_bits, symmetric):
     used; weight ranges are the current weights' range (0 included or
     symmetric); EMA ranges follow the zero-debiased formula; the
     intermediate-op quantizer stays asymmetric."""
-    built = qb.build_placement_graph('conv', 'Relu6', True, True, False)
+    built = gb.build_placement_graph('conv', 'Relu6', True, True, False)
     graph = built.graph
     with graph.as_default():
         with tf.name_scope('test/'):
@@ -268,12 +267,12 @@ def test_training_numbers(weight_bits, activation_bits, symmetric):
                 is_weight = prefix.endswith('weights_quant')
                 bits = weight_bits if is_weight else activation_bits
                 sym = symmetric and 'activation_Mul' not in prefix
-                batch = qb.batch_range(x, bits, is_weight, sym)
+                batch = gb.batch_range(x, bits, is_weight, sym)
                 if is_weight:
                     expected = batch
                 else:
-                    refs = emas.setdefault(prefix, (qb.EmaReference(),
-                                                    qb.EmaReference()))
+                    refs = emas.setdefault(prefix, (gb.EmaReference(),
+                                                    gb.EmaReference()))
                     expected = (refs[0].update(batch[0]),
                                 refs[1].update(batch[1]))
                 np.testing.assert_allclose((low, high), expected, rtol=2e-5,
@@ -285,7 +284,7 @@ def test_training_numbers(weight_bits, activation_bits, symmetric):
                 if not sym:
                     assert low <= 0.0 <= high
                 np.testing.assert_allclose(
-                    out, qb.numpy_fake_quant(x, low, high, bits, is_weight),
+                    out, gb.numpy_fake_quant(x, low, high, bits, is_weight),
                     rtol=0, atol=1e-5, err_msg=prefix)
             # The quantized values are what the consumers read.
             for tensor, prefix in zip(read, (
@@ -306,8 +305,8 @@ def test_training_numbers(weight_bits, activation_bits, symmetric):
 def test_quant_delay_numbers():
     """Before the delay the output is the folded, unquantized one; from the
     delay on it is fake-quantized; the counter advances once per run."""
-    quantized = qb.build_placement_graph('conv', 'Relu6', False, True, False)
-    folded = qb.build_placement_graph('conv', 'Relu6', False, True, False)
+    quantized = gb.build_placement_graph('conv', 'Relu6', False, True, False)
+    folded = gb.build_placement_graph('conv', 'Relu6', False, True, False)
     tf1_quantize.create_training_graph(quantized.graph, quant_delay=3)
     tf1_quantize.fold_batch_norms(folded.graph, is_training=True)
     assert not common.fake_quants(folded.graph)
@@ -329,7 +328,7 @@ def test_quant_delay_numbers():
     folded_output = folded.graph.get_operation_by_name('output').inputs[0]
     step_var = [v for v in graph.get_collection(common.GLOBAL)
                 if v.op.name == common.STEP][0]
-    ema = (qb.EmaReference(), qb.EmaReference())
+    ema = (gb.EmaReference(), gb.EmaReference())
     with graph.as_default():
         init = v1.global_variables_initializer()
     with folded.graph.as_default():
@@ -345,14 +344,14 @@ def test_quant_delay_numbers():
             assert values['step'] == run
             assert sess.run(step_var) == run
             # Ranges are learned during the delay too.
-            act_batch = qb.batch_range(values['relu6'], 8, False, False)
+            act_batch = gb.batch_range(values['relu6'], 8, False, False)
             np.testing.assert_allclose(
                 values['act_range'],
                 (ema[0].update(act_batch[0]), ema[1].update(act_batch[1])),
                 rtol=2e-5, atol=1e-6)
             np.testing.assert_allclose(
                 values['weights_range'],
-                qb.batch_range(values['mul_fold'], 8, True, False),
+                gb.batch_range(values['mul_fold'], 8, True, False),
                 rtol=1e-6, atol=1e-7)
             if run < 3:
                 np.testing.assert_array_equal(values['conv_weights'],
@@ -364,7 +363,7 @@ def test_quant_delay_numbers():
             else:
                 np.testing.assert_allclose(
                     values['conv_weights'],
-                    qb.numpy_fake_quant(values['mul_fold'],
+                    gb.numpy_fake_quant(values['mul_fold'],
                                         *values['weights_range'], 8, True),
                     rtol=0, atol=1e-5)
                 assert not np.allclose(values['conv_weights'],
@@ -372,7 +371,7 @@ def test_quant_delay_numbers():
                                        atol=1e-7)
                 np.testing.assert_allclose(
                     values['output'],
-                    qb.numpy_fake_quant(values['relu6'],
+                    gb.numpy_fake_quant(values['relu6'],
                                         *values['act_range'], 8, False),
                     rtol=0, atol=1e-5)
                 assert not np.allclose(values['output'], reference,

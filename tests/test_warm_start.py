@@ -9,8 +9,7 @@ import pytest
 import tensorflow as tf
 
 import cluster_task
-import graph_builders as gb
-import quantize_builders as qb
+import builders as gb
 import tf1_quantize
 from tf1_quantize import warm_start
 
@@ -116,9 +115,9 @@ def _model_fn(features, labels, mode, params):
     keys = _ESTIMATOR.ModeKeys
     training = mode == keys.TRAIN
     values = gb.Values(0)
-    first = qb.conv_layer(features, 'conv1', 4, values, batch_norm=True,
+    first = gb.conv_layer(features, 'conv1', 4, values, batch_norm=True,
                           bn_training=training)
-    second = qb.conv_layer(first.output, 'conv2', 4, values,
+    second = gb.conv_layer(first.output, 'conv2', 4, values,
                            activation='Relu')
     logits = tf.reduce_mean(second.output, axis=[1, 2])
     if mode == keys.PREDICT:

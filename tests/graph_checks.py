@@ -1,12 +1,17 @@
-"""What the tests of the public rewrite API and of FakeQuant placement
-share: constants, assertions about one quantizer, small graphs.
+"""What the tests inspect and assert about graphs before and after a
+rewrite: the public API by name, FakeQuant quantizers and their ranges,
+the graph state a refused rewrite must leave untouched, and small
+sessions to run the graphs.
+
+Importable as ``graph_checks`` (tests/ on ``sys.path``, see conftest.py).
 """
 
+from typing import Callable, Dict, List, Tuple
+
+import pytest
 import tensorflow as tf
 
 import tf1_quantize
-import graph_builders as gb
-import quantize_builders as qb
 
 v1 = tf.compat.v1
 
@@ -21,11 +26,6 @@ API_NAMES = ('create_training_graph', 'create_eval_graph',
 TRAINING_API = ('create_training_graph', 'experimental_create_training_graph')
 EXPERIMENTAL_API = ('experimental_create_training_graph',
                     'experimental_create_eval_graph')
-LAYER_OP_NAMES = {'conv': 'Conv2D', 'fc': 'MatMul', 'depthwise': 'depthwise',
-                  'atrous': 'depthwise'}
-WEIGHT_NAMES = {'conv': 'weights', 'fc': 'weights',
-                'depthwise': 'depthwise_weights',
-                'atrous': 'depthwise_weights'}
 
 
 # ---------------------------------------------------------------------------
@@ -34,6 +34,12 @@ WEIGHT_NAMES = {'conv': 'weights', 'fc': 'weights',
 
 def api(name):
     return getattr(tf1_quantize, name)
+
+
+def call(name, graph, **kwargs):
+    result = api(name)(graph, **kwargs)
+    assert result is None
+    return result
 
 
 def fake_quants(graph):
@@ -147,76 +153,52 @@ def assert_no_double_slash(graph):
 
 
 # ---------------------------------------------------------------------------
-# Small graphs.
+# Graph state, refusals and sessions.
 
 
-def rich_graph(bn_training=True, resource=None, graph=None):
-    """Every quantizer kind in one small graph.
-
-    ``test/test``: conv + fused BN, bypass ``test/AddV2`` with the input,
-    ``test/Relu6``; ``post``: conv + bias + Relu6, then the post-activation
-    bypass ``post/add``; ``tail/Mul`` (intermediate op); ``output``.
-    """
-    graph = graph or tf.Graph()
-    values = gb.Values(0)
-    with graph.as_default():
-        x = qb.input_placeholder()
-        a = qb.conv_layer(x, 'test/test', 3, values, batch_norm=True,
-                          bn_training=bn_training, activation=None,
-                          resource=resource)
-        with tf.name_scope('test/'):
-            y = tf.nn.relu6(tf.add(a.output, x, name='AddV2'), name='Relu6')
-        b = qb.conv_layer(y, 'post', 3, values, activation='Relu6',
-                          resource=resource)
-        with tf.name_scope('post/'):
-            z = tf.add(b.output, y, name='add')
-        with tf.name_scope('tail/'):
-            m = tf.multiply(z, 2.0, name='Mul')
-        tf.reduce_sum(m, name='output')
-    return graph
+def session(graph: tf.Graph) -> v1.Session:
+    """A single-threaded session without Grappler (tiny graphs, fast)."""
+    config = v1.ConfigProto(intra_op_parallelism_threads=1,
+                            inter_op_parallelism_threads=1)
+    config.graph_options.rewrite_options.disable_meta_optimizer = True
+    return v1.Session(graph=graph, config=config)
 
 
-RICH_PREFIXES = {
-    'test/test/weights_quant', 'test/act_quant', 'test/test/conv_quant',
-    'post/weights_quant', 'post/act_quant',
-    'post/post_activation_bypass_quant',
-    'tail/Mul/activation_Mul_quant'
-}
-RICH_WEIGHT_PREFIXES = {'test/test/weights_quant', 'post/weights_quant'}
+def graph_state(graph: tf.Graph) -> Tuple[bytes, Dict[str, List[str]]]:
+    """What a failed rewrite must leave unchanged: the serialized GraphDef
+    and the names in every collection."""
+    collections = {}
+    for key in graph.get_all_collection_keys():
+        collections[key] = [getattr(item, 'name', repr(item))
+                            for item in graph.get_collection(key)]
+    return graph_bytes(graph), collections
 
 
-def simple_graph(graph=None, scope='test', batch_norm=True):
-    """conv (+ fused BN) + Relu6 in `scope`, then ``output``."""
-    graph = graph or tf.Graph()
-    with graph.as_default():
-        x = qb.input_placeholder()
-        layer = qb.conv_layer(x, scope, 4, gb.Values(0),
-                              batch_norm=batch_norm)
-        tf.reduce_sum(layer.output, name='output')
-    return graph
+def graph_diff(before: bytes, graph: tf.Graph) -> str:
+    """New and modified node names since the serialized GraphDef `before`,
+    for failure messages."""
+    old = {n.name: n for n in v1.GraphDef.FromString(before).node}
+    new, changed = [], []
+    for node in graph.as_graph_def().node:
+        if node.name not in old:
+            new.append(node.name)
+        elif node != old[node.name]:
+            changed.append(node.name)
+    return 'new ops %s, changed ops %s' % (new[:10], changed[:10])
 
 
-def call(name, graph, **kwargs):
-    result = api(name)(graph, **kwargs)
-    assert result is None
-    return result
-
-
-def activation_graph(scope_of_extra_ops='test'):
-    """testActivationQuantization: conv + fused BN + Relu6, then
-    ``2*a``, ``3*a`` and their sum (all in `scope_of_extra_ops`), plus an
-    Add feeding a Relu (fused, not quantized) and a Sub (never quantized).
-    """
-    graph = tf.Graph()
-    with graph.as_default():
-        x = qb.input_placeholder()
-        a = qb.conv_layer(x, 'test', 3, gb.Values(0), batch_norm=True).output
-        with tf.name_scope(scope_of_extra_ops + '/'):
-            mul = tf.multiply(2.0, a, name='Mul')
-            mul_1 = tf.multiply(3.0, a, name='Mul_1')
-            total = tf.add(mul, mul_1, name='add')
-            fused = tf.nn.relu(tf.add(a, 1.0, name='add_relu'), name='Relu')
-            sub = tf.subtract(a, 1.0, name='sub')
-        tf.add_n([tf.reduce_sum(t) for t in (total, fused, sub)],
-                 name='output')
-    return graph
+def assert_refused(graph: tf.Graph, rewrite: Callable, error_type,
+                   *fragments: str, **kwargs) -> BaseException:
+    """`rewrite(graph, **kwargs)` raises `error_type` whose message contains
+    every fragment, and the graph is unchanged."""
+    before = graph_state(graph)
+    with pytest.raises(error_type) as info:
+        rewrite(graph, **kwargs)
+    message = str(info.value)
+    for fragment in fragments:
+        assert fragment in message, (fragment, message)
+    after = graph_state(graph)
+    assert after[0] == before[0], 'the GraphDef changed: %s' % graph_diff(
+        before[0], graph)
+    assert after[1] == before[1], 'the collections changed'
+    return info.value
