@@ -2,6 +2,11 @@
 conv + batch norm graph in the dtypes and layouts the rewrite refuses, and
 running graphs.
 
+A refusal must raise the documented error type, say what is wrong (naming
+the op, tensor or argument and what was expected) and leave the graph
+exactly as it was (`graph_checks.assert_refused`). Where the rewrite may
+instead handle the input, the tests check the numbers.
+
 Importable as ``bad_input_graphs`` (tests/ on ``sys.path``, see conftest.py).
 """
 

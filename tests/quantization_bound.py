@@ -216,6 +216,16 @@ def _measure(built: gen.BuiltGraph) -> dict:
     return measured
 
 
+def _build_16bit(desc: gen.GraphDesc, rewrite):
+    """The inference-BN graph of `desc` after the 16-bit `rewrite`; returns
+    (built graph, its global variables, their initializer)."""
+    built = gen.build(desc, bn_training=False)
+    rewrite(built.graph, weight_bits=EVAL_BITS, activation_bits=EVAL_BITS)
+    with built.graph.as_default():
+        return (built, v1.global_variables(),
+                v1.global_variables_initializer())
+
+
 def _learn_ranges(desc: gen.GraphDesc) -> Dict[str, np.ndarray]:
     """Global variable values after one 16-bit training step.
 
@@ -224,12 +234,8 @@ def _learn_ranges(desc: gen.GraphDesc) -> Dict[str, np.ndarray]:
     zero-debiased moving average, every activation range to the exact range
     observed on the batch.
     """
-    built = gen.build(desc, bn_training=False)
-    tf1_quantize.experimental_create_training_graph(
-        built.graph, weight_bits=EVAL_BITS, activation_bits=EVAL_BITS)
-    with built.graph.as_default():
-        variables = v1.global_variables()
-        init = v1.global_variables_initializer()
+    built, variables, init = _build_16bit(
+        desc, tf1_quantize.experimental_create_training_graph)
     with gen.session(built.graph) as sess:
         sess.run(init)
         sess.run(built.outputs(), built.feed)
@@ -266,12 +272,8 @@ def check_eval_graph_within_quantization_bound(desc: gen.GraphDesc) -> None:
     original = gen.build(desc, bn_training=False)
     measured = _measure(original)
     learned = _learn_ranges(desc)
-    rewritten = gen.build(desc, bn_training=False)
-    tf1_quantize.experimental_create_eval_graph(
-        rewritten.graph, weight_bits=EVAL_BITS, activation_bits=EVAL_BITS)
-    with rewritten.graph.as_default():
-        variables = v1.global_variables()
-        init = v1.global_variables_initializer()
+    rewritten, variables, init = _build_16bit(
+        desc, tf1_quantize.experimental_create_eval_graph)
     missing = [v.op.name for v in variables if v.op.name not in learned]
     assert not missing, explain(desc, 'eval variables not in the training '
                                  'graph: %s' % missing)

@@ -1,11 +1,7 @@
 """Batch norms the rewrite cannot fold, unknown shapes and while loops:
 refused cleanly, or handled correctly.
 
-A refusal must raise the documented error type, say what is wrong (naming
-the op, tensor or argument and what was expected) and leave the graph
-exactly as it was (`graph_checks.assert_refused`). Where the rewrite may
-instead handle the input, the test checks the numbers. Shared graphs and
-helpers: bad_input_graphs.py.
+What a refusal must do, and the shared graphs: bad_input_graphs.py.
 """
 
 from __future__ import annotations

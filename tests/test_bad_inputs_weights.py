@@ -1,11 +1,7 @@
 """Weights the rewrite cannot quantize (constants, other dtypes) and
 gradients already built: refused cleanly, or handled correctly.
 
-A refusal must raise the documented error type, say what is wrong (naming
-the op, tensor or argument and what was expected) and leave the graph
-exactly as it was (`graph_checks.assert_refused`). Where the rewrite may
-instead handle the input, the test checks the numbers. Shared graphs and
-helpers: bad_input_graphs.py.
+What a refusal must do, and the shared graphs: bad_input_graphs.py.
 """
 
 from __future__ import annotations
@@ -86,27 +82,28 @@ def test_half_precision_layers_are_refused(rewrite, bn, dtype):
                    'test/Conv2D', dtype.name, 'float32')
 
 
-@all_rewrites
-def test_float16_matmul_is_refused(rewrite):
+def _fc_graph(dtype, initializer=None) -> tf.Graph:
+    """``fc/MatMul`` of a `dtype` input and `dtype` weights, then Relu."""
     graph = tf.Graph()
     with graph.as_default():
-        x = v1.placeholder(tf.float16, [2, 6], name='input')
+        x = v1.placeholder(dtype, [2, 6], name='input')
         with v1.variable_scope('fc'):
-            w = v1.get_variable('weights', [6, 3], tf.float16)
+            w = v1.get_variable('weights', [6, 3], dtype,
+                                initializer=initializer)
             tf.nn.relu(tf.matmul(x, w, name='MatMul'))
+    return graph
+
+
+@all_rewrites
+def test_float16_matmul_is_refused(rewrite):
+    graph = _fc_graph(tf.float16)
     assert_refused(graph, rewrite, tf1_quantize.UnsupportedGraphError,
                    'fc/MatMul', 'float16')
 
 
 @all_rewrites
 def test_int32_matmul_is_refused(rewrite):
-    graph = tf.Graph()
-    with graph.as_default():
-        x = v1.placeholder(tf.int32, [2, 6], name='input')
-        with v1.variable_scope('fc'):
-            w = v1.get_variable('weights', [6, 3], tf.int32,
-                                initializer=v1.zeros_initializer())
-            tf.nn.relu(tf.matmul(x, w, name='MatMul'))
+    graph = _fc_graph(tf.int32, v1.zeros_initializer())
     assert_refused(graph, rewrite, tf1_quantize.UnsupportedGraphError,
                    'fc/MatMul', 'int32')
 
