@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
+import numpy as np
 import tensorflow as tf
 
 from tf1_quantize import conditionals
@@ -36,6 +37,7 @@ from tf1_quantize import names
 from tf1_quantize.records import BatchNormRecord
 
 FOLD_GRADIENT_NAME = 'FoldFusedBatchNormGrad'
+_ONE = np.float32(1.0)  # Keeps NumPy float32 arithmetic in float32.
 
 
 @dataclasses.dataclass
@@ -104,13 +106,27 @@ def _undo_bessel_correction(graph, bn: BatchNormRecord) -> tf.Tensor:
     graph_edit.set_attr(bn.op, '_gradient_op_type',
                         tf.compat.v1.AttrValue(s=FOLD_GRADIENT_NAME.encode()))
     with graph_edit.absolute_name_scope(graph, graph_edit.scope_of(bn.op)):
-        n = elements_per_channel(bn.input, bn.mean)
-        return tf.multiply(bn.variance, (n - 1.0) / n,
+        return tf.multiply(bn.variance, biased_fraction(bn.input, bn.mean),
                            name='Undo_Bessel_Correction')
 
 
+def biased_fraction(x: tf.Tensor, channel_vector: tf.Tensor):
+    """`(n - 1) / n`, the biased over the unbiased variance of `x` per
+    channel (float32 scalar; see `elements_per_channel`)."""
+    n = elements_per_channel(x, channel_vector)
+    return (n - _ONE) / n
+
+
 def elements_per_channel(x: tf.Tensor, channel_vector: tf.Tensor):
-    """How many elements of `x` share one channel (float32 scalar)."""
+    """How many elements of `x` share one channel, as a float32 scalar.
+
+    With static shapes it is a NumPy float32, computed with the float32
+    operations the graph would run: a constant instead of eight ops per
+    batch norm (and in its gradient), with identical values.
+    """
+    if x.shape.is_fully_defined() and channel_vector.shape.is_fully_defined():
+        return (np.float32(x.shape.num_elements())
+                / np.float32(channel_vector.shape.num_elements()))
     return tf.cast(tf.size(x), tf.float32) / tf.cast(tf.size(channel_vector),
                                                      tf.float32)
 
@@ -205,7 +221,7 @@ def _fold_fused_batch_norm_grad(op, *grads):
     # Per-channel factors first: only (x - mean) * a + b touches all of x.
     offset = grad_mean / n if grad_mean is not None else 0.0
     # One element per channel: the variance is 0 whatever x is.
-    factor = (tf.math.divide_no_nan(2.0 * grad_var, n - 1.0)
+    factor = (tf.math.divide_no_nan(2.0 * grad_var, n - _ONE)
               if grad_var is not None else 0.0)
     grad_x = (x - mean) * factor + offset
     return [grad_x] + [None] * (len(op.inputs) - 1)

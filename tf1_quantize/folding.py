@@ -226,8 +226,8 @@ def _normalize_with_batch_statistics(x: tf.Tensor, bn: BatchNormRecord):
     if bn.pre_bias is not None:  # `x` lacks it; only the mean notices.
         mean = tf.add(mean, bn.pre_bias, name='mean_with_pre_bias')
     if not bn.fused:  # Output 2 carries Bessel's correction; undo it.
-        n = bn_math.elements_per_channel(inputs, mean)
-        variance = tf.multiply(variance, (n - 1.0) / n, name='biased_variance')
+        variance = tf.multiply(variance, bn_math.biased_fraction(inputs, mean),
+                               name='biased_variance')
     return output, mean, variance
 
 
