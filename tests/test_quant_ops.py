@@ -1,5 +1,7 @@
 """Tests for the FakeQuant builders, the step counter and v1 conditionals."""
 
+import functools
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -12,9 +14,13 @@ from tf1_quantize import step_counter
 GLOBAL = tf.compat.v1.GraphKeys.GLOBAL_VARIABLES
 UPDATE_OP_MARKERS = ('AssignMinLast', 'AssignMaxLast', 'AssignMinEma',
                      'AssignMaxEma', 'BatchMin', 'BatchMax')
+# The two range rules of `quant_ops.fake_quantize` (contrib's defaults).
+last_value_quantize = quant_ops.fake_quantize
+moving_avg_quantize = functools.partial(quant_ops.fake_quantize,
+                                        ema_decay=0.999)
 QUANTIZERS = {
-    'last_value': quant_ops.last_value_quantize,
-    'moving_avg': quant_ops.moving_avg_quantize,
+    'last_value': last_value_quantize,
+    'moving_avg': moving_avg_quantize,
 }
 
 
@@ -89,7 +95,7 @@ def _fake_quant_reference(x, range_min, range_max, num_bits, narrow_range):
 def test_last_value_assigns_exact_batch_range(graph, symmetric, narrow_range,
                                               batch, expected):
     x = tf.compat.v1.placeholder(tf.float32, [len(batch)])
-    q = quant_ops.last_value_quantize(
+    q = last_value_quantize(
         x, name_prefix='P', is_training=True, symmetric=symmetric,
         narrow_range=narrow_range)
     np.testing.assert_array_equal(_run_batches(graph, q, x, [batch]),
@@ -100,15 +106,15 @@ def test_last_value_assigns_exact_batch_range(graph, symmetric, narrow_range,
                          ids=['static', 'unknown'])
 def test_moving_avg_two_steps_is_zero_debiased_average(graph, static_shape):
     x = tf.compat.v1.placeholder(tf.float32, static_shape)
-    q = quant_ops.moving_avg_quantize(x, name_prefix='P', is_training=True,
-                                      init_min=0.0, init_max=0.0)
+    q = moving_avg_quantize(x, name_prefix='P', is_training=True,
+                            init_min=0.0, init_max=0.0)
     range_min, range_max = _run_batches(graph, q, x, [[-1.0, 1.0], [0.0, 0.0]])
     np.testing.assert_allclose([range_min, range_max], [-0.5, 0.5], atol=1e-3)
 
 
 def test_moving_avg_first_step_equals_batch_range(graph):
     x = tf.compat.v1.placeholder(tf.float32, [3])
-    q = quant_ops.moving_avg_quantize(x, name_prefix='P', is_training=True)
+    q = moving_avg_quantize(x, name_prefix='P', is_training=True)
     np.testing.assert_allclose(_run_batches(graph, q, x, [[-2.0, 0.5, 3.0]]),
                                [-2.0, 3.0], rtol=1e-4)
 
@@ -117,7 +123,7 @@ def test_moving_avg_first_step_equals_batch_range(graph):
     (False, -127.0 / 128.0), (True, -1.0)], ids=['wide', 'narrow'])
 def test_moving_avg_symmetric_keeps_ratio(graph, narrow_range, max_over_min):
     x = tf.compat.v1.placeholder(tf.float32, [2])
-    q = quant_ops.moving_avg_quantize(
+    q = moving_avg_quantize(
         x, name_prefix='P', is_training=True, symmetric=True,
         narrow_range=narrow_range, init_min=0.0, init_max=0.0)
     range_min, range_max = _run_batches(graph, q, x, [[-1.0, 0.5], [0.0, 0.0]])
@@ -264,8 +270,8 @@ def test_training_fake_quant_reads_update_ops(graph, kind, update):
 
 def test_symmetric_op_names(plain_graph):
     x = tf.compat.v1.placeholder(tf.float32, [2])
-    quant_ops.last_value_quantize(x, name_prefix='P', is_training=True,
-                                  symmetric=True)
+    last_value_quantize(x, name_prefix='P', is_training=True,
+                        symmetric=True)
     for name, op_type in [('P/truediv', 'RealDiv'), ('P/Minimum', 'Minimum'),
                           ('P/mul', 'Mul'), ('P/Maximum', 'Maximum')]:
         assert plain_graph.get_operation_by_name(name).type == op_type
@@ -273,10 +279,10 @@ def test_symmetric_op_names(plain_graph):
 
 def test_second_quantizer_gets_unique_scope(plain_graph):
     x = tf.compat.v1.placeholder(tf.float32, [2])
-    first = quant_ops.last_value_quantize(x, name_prefix='P',
-                                          is_training=False)
-    second = quant_ops.last_value_quantize(x, name_prefix='P',
-                                           is_training=False)
+    first = last_value_quantize(x, name_prefix='P',
+                                is_training=False)
+    second = last_value_quantize(x, name_prefix='P',
+                                 is_training=False)
     assert first.op.name == 'P/FakeQuantWithMinMaxVars'
     assert second.op.name == 'P_1/FakeQuantWithMinMaxVars'
     assert _global_names(plain_graph) == ['P/max', 'P/min', 'P_1/max',
@@ -300,8 +306,8 @@ def test_partitioned_scope_is_not_inherited(plain_graph, kind):
 def test_per_channel_last_value_ranges(graph, shape):
     batch = np.random.RandomState(1).uniform(-2.0, 2.0, shape)
     x = tf.compat.v1.placeholder(tf.float32, shape)
-    q = quant_ops.last_value_quantize(x, name_prefix='P', is_training=True,
-                                      per_channel=True)
+    q = last_value_quantize(x, name_prefix='P', is_training=True,
+                            per_channel=True)
     assert q.op.type == 'FakeQuantWithMinMaxVarsPerChannel'
     assert q.op.name == 'P/FakeQuantWithMinMaxVarsPerChannel'
     assert _variable(graph, 'P/min').shape == [5]
@@ -317,8 +323,8 @@ def test_per_channel_output_matches_fake_quant_math(plain_graph):
     batch = np.random.RandomState(2).uniform(-1.0, 3.0, [6, 3])
     batch[:, 1] *= 10.0
     x = tf.constant(batch, tf.float32)
-    q = quant_ops.moving_avg_quantize(x, name_prefix='P', is_training=True,
-                                      per_channel=True)
+    q = moving_avg_quantize(x, name_prefix='P', is_training=True,
+                            per_channel=True)
     with tf.compat.v1.Session() as sess:
         sess.run(tf.compat.v1.global_variables_initializer())
         output = sess.run(q)
@@ -347,36 +353,36 @@ def test_invalid_num_bits(plain_graph, kind, num_bits):
 def test_per_channel_rejects_shape(plain_graph, shape, message):
     x = tf.compat.v1.placeholder(tf.float32, shape)
     with pytest.raises(ValueError, match=message):
-        quant_ops.last_value_quantize(x, name_prefix='P', is_training=True,
-                                      per_channel=True)
+        last_value_quantize(x, name_prefix='P', is_training=True,
+                            per_channel=True)
 
 
 def test_rejects_non_float32_inputs(plain_graph):
     x = tf.compat.v1.placeholder(tf.int32, [2])
     with pytest.raises(TypeError, match='float32'):
-        quant_ops.moving_avg_quantize(x, name_prefix='P', is_training=True)
+        moving_avg_quantize(x, name_prefix='P', is_training=True)
 
 
 def test_rejects_inverted_initial_range(plain_graph):
     x = tf.compat.v1.placeholder(tf.float32, [2])
     with pytest.raises(ValueError, match='init_min'):
-        quant_ops.last_value_quantize(x, name_prefix='P', is_training=True,
-                                      init_min=1.0, init_max=-1.0)
+        last_value_quantize(x, name_prefix='P', is_training=True,
+                            init_min=1.0, init_max=-1.0)
 
 
 @pytest.mark.parametrize('ema_decay', [1.0, -0.1])
 def test_rejects_invalid_ema_decay(plain_graph, ema_decay):
     x = tf.compat.v1.placeholder(tf.float32, [2])
     with pytest.raises(ValueError, match='ema_decay'):
-        quant_ops.moving_avg_quantize(x, name_prefix='P', is_training=True,
-                                      ema_decay=ema_decay)
+        moving_avg_quantize(x, name_prefix='P', is_training=True,
+                            ema_decay=ema_decay)
 
 
 def test_failed_validation_creates_nothing(plain_graph):
     x = tf.compat.v1.placeholder(tf.float32, [2])
     with pytest.raises(ValueError):
-        quant_ops.last_value_quantize(x, name_prefix='P', is_training=True,
-                                      num_bits=20)
+        last_value_quantize(x, name_prefix='P', is_training=True,
+                            num_bits=20)
     assert [op.name for op in plain_graph.get_operations()] == [x.op.name]
 
 
@@ -513,7 +519,7 @@ def test_smart_cond_rejects_eager_tensor():
 @pytest.mark.parametrize('quant_delay', [None, 0])
 def test_no_delay_builds_nothing(plain_graph, quant_delay):
     x = tf.compat.v1.placeholder(tf.float32, [2])
-    q = quant_ops.last_value_quantize(x, name_prefix='P', is_training=True)
+    q = last_value_quantize(x, name_prefix='P', is_training=True)
     ops_before = len(plain_graph.get_operations())
     assert quant_ops.delay_quantization(q, x, quant_delay, 'P') is q
     assert len(plain_graph.get_operations()) == ops_before
@@ -523,7 +529,7 @@ def test_no_delay_builds_nothing(plain_graph, quant_delay):
                          ids=['select', 'switch_merge'])
 def test_delay_names(plain_graph, switch_merge):
     x = tf.compat.v1.placeholder(tf.float32, [2])
-    q = quant_ops.last_value_quantize(x, name_prefix='S/P', is_training=True)
+    q = last_value_quantize(x, name_prefix='S/P', is_training=True)
     with conditionals.switch_merge_conds(switch_merge):
         delayed = quant_ops.delay_quantization(q, x, 100, 'S/P')
     activate = plain_graph.get_operation_by_name('S/P/activate_quant')
@@ -567,7 +573,7 @@ def test_delay_switches_to_quantized_at_delay(graph, kind):
 
 def test_gradient_through_delayed_output(graph):
     x = tf.compat.v1.placeholder(tf.float32, [3])
-    q = quant_ops.moving_avg_quantize(x, name_prefix='P', is_training=True)
+    q = moving_avg_quantize(x, name_prefix='P', is_training=True)
     delayed = quant_ops.delay_quantization(q, x, 2, 'P')
     (grad,) = tf.compat.v1.gradients(tf.reduce_sum(delayed * delayed), x)
     batch = np.array([-1.0, 0.5, 1.0], np.float32)

@@ -138,10 +138,11 @@ def experimental_create_eval_graph(input_graph: Optional[tf.Graph] = None,
     """`create_eval_graph` with every parameter exposed.
 
     Args:
-        input_graph: the graph to rewrite; the default graph if None.
-        weight_bits: bits of weight quantization, 2 to 16.
-        activation_bits: bits of activation quantization, 2 to 16.
-        symmetric: quantize with symmetric ranges.
+        input_graph: the inference graph to rewrite (the default graph if
+            None), built like the training graph but with `is_training`
+            False.
+        weight_bits, activation_bits, symmetric: as in training (2 to 16
+            bits); the exported integer model uses these.
         quant_delay: if set, the eval graph also switches to quantized values
             only after this many steps.
         scope: only quantize ops under this name scope (folding is global).
@@ -158,9 +159,8 @@ def experimental_create_eval_graph(input_graph: Optional[tf.Graph] = None,
     """
     _rewrite(input_graph, is_training=False, weight_bits=weight_bits,
              activation_bits=activation_bits, symmetric=symmetric,
-             quant_delay=quant_delay, scope=scope,
+             quant_delay=quant_delay, scope=scope, delay_counter=delay_counter,
              per_channel_weights=per_channel_weights,
-             delay_counter=delay_counter,
              quantize_bare_layers=quantize_bare_layers)
 
 

@@ -1,30 +1,31 @@
 """FakeQuant builders: last-value and moving-average ranges, delay switch.
 
-Both quantizers create the range variables `<P>/min` and `<P>/max` in a fresh
-variable scope `<P>` (uniquified from `name_prefix`) and feed them to a
+`fake_quantize` creates the range variables `<P>/min` and `<P>/max` in a fresh
+variable scope `<P>` (uniquified from `name_prefix`) and feeds them to a
 FakeQuant op. In training, the range is first updated from the current batch
 and the FakeQuant reads the *updated* values, so the batch is always inside
 the range and the update runs whenever the FakeQuant runs:
 
-* `last_value_quantize` (weights) assigns the batch range
+* without `ema_decay` (weights) they are assigned the batch range
   (`<P>/AssignMinLast`, `<P>/AssignMaxLast`);
-* `moving_avg_quantize` (activations) keeps a zero-debiased exponential
+* with `ema_decay` (activations) they keep a zero-debiased exponential
   moving average (`<P>/AssignMinEma`, `<P>/AssignMaxEma`), whose shadow
   variables are `<P>/<P>/min/biased`, `<P>/<P>/min/local_step` and the same
   for `max`.
 
-These names are the checkpoint contract of `tf.contrib.quantize`.
+These names are the checkpoint contract of `tf.contrib.quantize`; the update
+rules live in `range_updates`.
 """
 
 import functools
 import numbers
-from typing import Callable, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
-import numpy as np
 import tensorflow as tf
 
 from tf1_quantize import conditionals
 from tf1_quantize import names
+from tf1_quantize import range_updates
 from tf1_quantize import step_counter
 
 _GLOBAL_VARIABLES = tf.compat.v1.GraphKeys.GLOBAL_VARIABLES
@@ -34,15 +35,13 @@ _PER_CHANNEL_RANKS = (1, 2, 3, 4)
 # Ops whose outputs are never negative (for finite inputs).
 _NON_NEGATIVE_TYPES = ('Relu', 'Relu6')
 
-# (range variable, new batch range, 'Min' or 'Max') -> updated range tensor.
-_RangeUpdate = Callable[[tf.Variable, tf.Tensor, str], tf.Tensor]
 
-
-def last_value_quantize(
+def fake_quantize(
         inputs: tf.Tensor,
         *,
         name_prefix: str,
         is_training: bool,
+        ema_decay: Optional[float] = None,
         num_bits: int = 8,
         narrow_range: bool = False,
         symmetric: bool = False,
@@ -50,71 +49,22 @@ def last_value_quantize(
         init_max: float = 6.0,
         per_channel: bool = False,
         vars_collection: Optional[str] = _GLOBAL_VARIABLES) -> tf.Tensor:
-    """Fake-quantizes `inputs` with the range of the current batch.
+    """Fake-quantizes `inputs` with a range learned from its batches.
+
+    With `ema_decay` None the range is the current batch's (contrib's
+    `LastValueQuantize`, for weights); otherwise it is a zero-debiased moving
+    average of the batch ranges (`MovingAvgQuantize`, for activations), which
+    after the first training step equals the first batch range exactly,
+    whatever `init_min`/`init_max` are.
 
     Args:
-        inputs: float32 tensor to quantize (typically weights).
+        inputs: float32 tensor to quantize.
         name_prefix: Default name of the variable scope holding the range
             variables and ops; uniquified if already used.
-        is_training: If True, assign the batch range to the variables before
+        is_training: If True, update the range from the batch before
             quantizing; if False, quantize with the stored range only.
-        num_bits: Quantization bit width, 2 to 16.
-        narrow_range: Use the range [1, 2^num_bits - 1] instead of
-            [0, 2^num_bits - 1].
-        symmetric: Make the range symmetric around zero (see
-            `_batch_range`).
-        init_min: Initial value of the `min` variable.
-        init_max: Initial value of the `max` variable.
-        per_channel: Keep one range per channel (the last axis) instead of
-            one for the whole tensor.
-        vars_collection: Collection that receives the `min` and `max`
-            variables, besides `GLOBAL_VARIABLES`.
-
-    Returns:
-        The FakeQuant output, with the shape of `inputs`.
-
-    Raises:
-        TypeError: If `inputs` is not float32.
-        ValueError: If `num_bits`, the initial range or (with `per_channel`)
-            the rank or channel count of `inputs` is invalid.
-    """
-    return _quantize(
-        inputs,
-        name_prefix=name_prefix,
-        update_range=_assign_last_value if is_training else None,
-        num_bits=num_bits,
-        narrow_range=narrow_range,
-        symmetric=symmetric,
-        init_range=(init_min, init_max),
-        per_channel=per_channel,
-        vars_collection=vars_collection)
-
-
-def moving_avg_quantize(
-        inputs: tf.Tensor,
-        *,
-        name_prefix: str,
-        is_training: bool,
-        ema_decay: float = 0.999,
-        num_bits: int = 8,
-        narrow_range: bool = False,
-        symmetric: bool = False,
-        init_min: float = -6.0,
-        init_max: float = 6.0,
-        per_channel: bool = False,
-        vars_collection: Optional[str] = _GLOBAL_VARIABLES) -> tf.Tensor:
-    """Fake-quantizes `inputs` with a moving average of the batch ranges.
-
-    The average is zero-debiased, so after the first training step the range
-    equals the first batch range exactly, whatever `init_min`/`init_max` are.
-
-    Args:
-        inputs: float32 tensor to quantize (typically activations).
-        name_prefix: Default name of the variable scope holding the range
-            variables and ops; uniquified if already used.
-        is_training: If True, update the moving averages before quantizing;
-            if False, quantize with the stored range only.
-        ema_decay: Decay of the moving average, in [0, 1).
+        ema_decay: None for the last batch range, or the decay of the
+            moving average, in [0, 1).
         num_bits: Quantization bit width, 2 to 16.
         narrow_range: Use the range [1, 2^num_bits - 1] instead of
             [0, 2^num_bits - 1].
@@ -136,19 +86,17 @@ def moving_avg_quantize(
         ValueError: If `ema_decay`, `num_bits`, the initial range or (with
             `per_channel`) the rank or channel count of `inputs` is invalid.
     """
-    if not 0.0 <= ema_decay < 1.0:
+    update = None
+    if ema_decay is None:
+        update = range_updates.assign_last_value
+    elif 0.0 <= ema_decay < 1.0:
+        update = functools.partial(range_updates.assign_moving_average,
+                                   ema_decay=ema_decay)
+    else:
         raise ValueError(f'ema_decay must be in [0, 1), got {ema_decay!r}.')
-    update = functools.partial(_assign_moving_average, ema_decay=ema_decay)
-    return _quantize(
-        inputs,
-        name_prefix=name_prefix,
-        update_range=update if is_training else None,
-        num_bits=num_bits,
-        narrow_range=narrow_range,
-        symmetric=symmetric,
-        init_range=(init_min, init_max),
-        per_channel=per_channel,
-        vars_collection=vars_collection)
+    return _quantize(inputs, name_prefix, update if is_training else None,
+                     num_bits, narrow_range, symmetric, (init_min, init_max),
+                     per_channel, vars_collection)
 
 
 def delay_quantization(quantized: tf.Tensor,
@@ -204,9 +152,8 @@ def _check_quant_delay(quant_delay: Optional[int]) -> None:
 
 
 def _quantize(inputs: tf.Tensor,
-              *,
               name_prefix: str,
-              update_range: Optional[_RangeUpdate],
+              update_range: Optional[range_updates.RangeUpdate],
               num_bits: int,
               narrow_range: bool,
               symmetric: bool,
@@ -343,75 +290,3 @@ def _fake_quant(inputs: tf.Tensor,
     return tf.quantization.fake_quant_with_min_max_vars(
         inputs, range_min, range_max, num_bits=num_bits,
         narrow_range=narrow_range, name='FakeQuantWithMinMaxVars')
-
-
-def _assign_last_value(variable: tf.Variable,
-                       value: tf.Tensor,
-                       bound: str) -> tf.Tensor:
-    """Assigns the batch range (`AssignMinLast` / `AssignMaxLast`)."""
-    return _update_and_read(variable, 'assign', value, f'Assign{bound}Last')
-
-
-def _assign_moving_average(variable: tf.Variable,
-                           value: tf.Tensor,
-                           bound: str,
-                           *,
-                           ema_decay: float) -> tf.Tensor:
-    """Updates a zero-debiased moving average (`AssignMinEma` / `...MaxEma`).
-
-    The average (Kingma & Ba 2015, section 3) keeps a biased average and a
-    step count in shadow variables named as TF1 named them, `<P>/<P>/min/
-    biased` and `<P>/<P>/min/local_step`, so contrib checkpoints restore:
-
-        biased <- biased - (biased - value) * (1 - d)
-        local_step <- local_step + 1
-        variable <- biased / (1 - d ** local_step)
-
-    TF's own helper computes the same but scans every global variable of the
-    scope for each shadow variable it creates, which makes large rewrites
-    quadratic; the arithmetic below matches it op for op (float32 `1 - d`).
-    """
-    with tf.compat.v1.variable_scope(variable.op.name):
-        biased = _shadow_variable('biased', variable.shape)
-        local_step = _shadow_variable('local_step', [])
-    with tf.name_scope(f'Assign{bound}Ema') as scope:
-        one_minus_decay = tf.constant(1.0 - ema_decay, tf.float32,
-                                      name='decay')
-        update_biased = _update_and_read(
-            biased, 'assign_sub', (biased - value) * one_minus_decay)
-        update_step = _update_and_read(local_step, 'assign_add', 1.0)
-        # TF's helper computes `1 - (1 - d)` in float32 at run time; the
-        # same float32 subtraction here gives the identical constant.
-        decay = tf.constant(np.float32(1.0) - np.float32(1.0 - ema_decay),
-                            name='ema_decay')
-        bias_factor = 1.0 - tf.pow(decay, update_step)
-        return _update_and_read(variable, 'assign',
-                                update_biased / bias_factor, scope)
-
-
-def _update_and_read(variable: tf.Variable,
-                     method: str,
-                     value,
-                     name: Optional[str] = None) -> tf.Tensor:
-    """`variable.<method>(value)`, then the updated value.
-
-    A resource variable's own `read_value=True` builds a read that nothing
-    consumes besides the read made where the value is used: two reads per
-    update. This builds one, ordered after the update. A reference
-    variable's update op returns the updated reference itself.
-    """
-    if not hasattr(variable, 'handle'):
-        return getattr(tf.compat.v1, method)(variable, value, name=name)
-    update = getattr(variable, method)(value, read_value=False, name=name)
-    with tf.control_dependencies([update]):
-        return variable.value()
-
-
-def _shadow_variable(name: str, shape) -> tf.Variable:
-    return tf.compat.v1.get_variable(
-        name,
-        shape=shape,
-        dtype=tf.float32,
-        initializer=tf.compat.v1.zeros_initializer(),
-        trainable=False,
-        collections=[_GLOBAL_VARIABLES])

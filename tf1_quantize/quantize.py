@@ -102,17 +102,14 @@ class _Inserter:
         prefix = self.names.unique(_strip_caller_scope(
             self.graph, graph_edit.join_scope(context, name)))
         symmetric = self.config.symmetric if symmetric is None else symmetric
-        quantize = (quant_ops.moving_avg_quantize if moving_avg else
-                    quant_ops.last_value_quantize)
-        extra = {'ema_decay': self.config.ema_decay} if moving_avg else {}
+        ema_decay = self.config.ema_decay if moving_avg else None
         with (self.graph.as_default(), graph_edit.root_variable_scope(),
               placement.variables_on(self.device)):
-            quantized = quantize(tensor, name_prefix=prefix,
-                                 is_training=self.config.is_training,
-                                 num_bits=bits, narrow_range=narrow_range,
-                                 symmetric=symmetric, init_min=init_min,
-                                 init_max=init_max, per_channel=per_channel,
-                                 **extra)
+            quantized = quant_ops.fake_quantize(
+                tensor, name_prefix=prefix,
+                is_training=self.config.is_training, ema_decay=ema_decay,
+                num_bits=bits, narrow_range=narrow_range, symmetric=symmetric,
+                init_min=init_min, init_max=init_max, per_channel=per_channel)
             output = quant_ops.delay_quantization(quantized, tensor,
                                                   self.config.quant_delay,
                                                   prefix)
