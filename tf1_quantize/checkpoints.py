@@ -22,15 +22,13 @@ from tf1_quantize import names
 
 # Present in training checkpoints only; an eval graph does not read them.
 _TRAINING_ONLY_SUFFIXES = ('/biased', '/local_step')
-_STEP_COUNTER = 'fake_quantization_step'
-_TRAINING_ONLY_NAMES = (_STEP_COUNTER,)
+_TRAINING_ONLY_NAMES = (names.STEP_COUNTER,)
 # `<P>/min` and `<P>/max` of a quantizer `<P>` (`.../act_quant`,
 # `.../weights_quant_1`, ...), and their moving-average state.
 _RANGE = re.compile(r'_quant(_\d+)?/(min|max)$')
 _EMA_STATE = re.compile(r'_quant(_\d+)?/(min|max)/(biased|local_step)$')
 _BN_STATISTIC_SUFFIXES = ('moving_mean', 'moving_variance')
 _OBJECT_KEY_MARK = '.ATTRIBUTES/'
-_WEIGHTS_TRAINING_OP = 'AssignMinLast'  # Only training weight quantizers.
 _EMA_DECAY = 0.999
 
 
@@ -141,7 +139,7 @@ class CheckpointReport:
         lost = [r.prefix for r in self.fresh_ranges if r.lost]
         if self.fresh_step_counter and (self.quantized_checkpoint or
                                         not self.training_graph):
-            lost.append(_STEP_COUNTER)
+            lost.append(names.STEP_COUNTER)
         return lost
 
     @property
@@ -181,8 +179,8 @@ class CheckpointReport:
             lines.append('  %s%s: counts from 0, so quant_delay and '
                          'freeze_bn_delay start over (an eval graph built '
                          'with quant_delay computes unquantized)' % (
-                             'LOST ' if _STEP_COUNTER in self.lost else '',
-                             _STEP_COUNTER))
+                             'LOST ' if names.STEP_COUNTER in self.lost
+                             else '', names.STEP_COUNTER))
         if self.lost:
             lines.append('Verdict: %d trained quantization value(s) would be '
                          'LOST: %s' % (len(self.lost), ', '.join(self.lost)))
@@ -245,8 +243,8 @@ def check_checkpoint(graph: tf.Graph, checkpoint: str) -> CheckpointReport:
         batch_norm_statistics=_statistics(reader, stored_shapes),
         fresh_ranges=_fresh_ranges(graph, wanted, stored_shapes,
                                    bool(ranges)),
-        fresh_step_counter=(_STEP_COUNTER in wanted and
-                            _STEP_COUNTER not in stored_shapes),
+        fresh_step_counter=(names.STEP_COUNTER in wanted and
+                            names.STEP_COUNTER not in stored_shapes),
         quantized_checkpoint=bool(ranges),
         training_graph=any(_is_training(graph, wanted, prefix)
                            for prefix in _range_prefixes(wanted)),
@@ -298,7 +296,7 @@ def _ema_state(wanted, prefix: str) -> List[str]:
 def _is_training(graph: tf.Graph, wanted, prefix: str) -> bool:
     """Whether quantizer `prefix` updates its range."""
     return bool(_ema_state(wanted, prefix)) or _has_op(
-        graph, '%s/%s' % (prefix, _WEIGHTS_TRAINING_OP))
+        graph, '%s/%s' % (prefix, names.WEIGHTS_RANGE_UPDATE))
 
 
 def _initial_ranges(graph: tf.Graph, prefixes) -> Dict[str, Tuple]:
@@ -317,8 +315,7 @@ def _initial_ranges(graph: tf.Graph, prefixes) -> Dict[str, Tuple]:
 
 def _levels(graph: tf.Graph, prefix: str) -> int:
     """Quantization steps in the range of the quantizer `prefix`."""
-    for op_type in ('FakeQuantWithMinMaxVars',
-                    'FakeQuantWithMinMaxVarsPerChannel'):
+    for op_type in names.VARIABLE_RANGE_FAKE_QUANT_TYPES:
         name = '%s/%s' % (prefix, op_type)
         if _has_op(graph, name):
             op = graph.get_operation_by_name(name)

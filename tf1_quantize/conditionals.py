@@ -17,7 +17,7 @@ a single call.
 
 import contextlib
 import threading
-from typing import Callable, Iterator, Optional, Union
+from typing import Any, Callable, ContextManager, Iterator, Optional, Union
 
 import tensorflow as tf
 # The v2 switch is a module global with no public getter (the public
@@ -34,15 +34,21 @@ _STYLE = threading.local()
 
 
 @contextlib.contextmanager
-def switch_merge_conds(enabled: bool = True) -> Iterator[None]:
-    """Makes `choose` build contrib's `Switch`/`Merge` conds in the block
-    (when `enabled`), in this thread."""
-    previous = getattr(_STYLE, 'switch_merge', False)
-    _STYLE.switch_merge = enabled
+def _set_in_block(owner: Any, attribute: str, value: Any) -> Iterator[None]:
+    """Sets `owner.<attribute>` to `value` in the block, then restores it
+    (unset reads as False)."""
+    previous = getattr(owner, attribute, False)
+    setattr(owner, attribute, value)
     try:
         yield
     finally:
-        _STYLE.switch_merge = previous
+        setattr(owner, attribute, previous)
+
+
+def switch_merge_conds(enabled: bool = True) -> ContextManager[None]:
+    """Makes `choose` build contrib's `Switch`/`Merge` conds in the block
+    (when `enabled`), in this thread."""
+    return _set_in_block(_STYLE, 'switch_merge', enabled)
 
 
 def choose(pred: Union[bool, tf.Tensor],
@@ -74,13 +80,9 @@ def choose(pred: Union[bool, tf.Tensor],
 @contextlib.contextmanager
 def _control_flow_v1() -> Iterator[None]:
     """Makes `tf.compat.v1.cond` build `Switch`/`Merge` ops in the block."""
-    with _CONTROL_FLOW_V1_LOCK:
-        previous = control_flow_util.ENABLE_CONTROL_FLOW_V2
-        control_flow_util.ENABLE_CONTROL_FLOW_V2 = False
-        try:
-            yield
-        finally:
-            control_flow_util.ENABLE_CONTROL_FLOW_V2 = previous
+    with _CONTROL_FLOW_V1_LOCK, _set_in_block(
+            control_flow_util, 'ENABLE_CONTROL_FLOW_V2', False):
+        yield
 
 
 def smart_cond(pred: Union[bool, tf.Tensor],

@@ -40,10 +40,6 @@ _FORWARD_FOLD_LAYER_MATCHER = GraphMatcher(
     P('Conv2D|MatMul', name='layer', inputs=['*', patterns.WEIGHT_READ]))
 
 
-# Ops that keep the row-major element order between the batch norm and it.
-_FORWARD_FOLD_PATH_TYPES = ('Reshape', 'Identity')
-
-
 @dataclasses.dataclass
 class ForwardFoldRecord:
     """A standalone batch norm that folds exactly into the layer after it.
@@ -106,7 +102,7 @@ def _forward_fold(bn: BatchNormRecord,
         if len(readers) != 1 or not graph_edit.same_tensor(
                 readers[0].inputs[0], tensor):
             return None
-        if readers[0].type not in _FORWARD_FOLD_PATH_TYPES:
+        if readers[0].type not in names.VALUE_PRESERVING_TYPES:
             break
         path.append(readers[0])
         tensor = readers[0].outputs[0]

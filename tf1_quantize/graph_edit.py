@@ -7,15 +7,12 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import tensorflow as tf
 
-# Ops under these name prefixes belong to gradients, optimizers or summaries;
-# the rewrite never reroutes their inputs (contrib skipped the same prefixes).
-SKIPPED_PREFIXES = ('gradients/', 'RMSProp/', 'Adagrad/', 'Const_',
-                    'HistogramSummary', 'ScalarSummary')
+from tf1_quantize import names
 
 
 def is_skipped(op: tf.Operation) -> bool:
     """True for ops the rewrite must leave alone (gradients, summaries...)."""
-    return op.name.startswith(SKIPPED_PREFIXES)
+    return op.name.startswith(names.SKIPPED_PREFIXES)
 
 
 def consumers(tensor: tf.Tensor) -> List[tf.Operation]:

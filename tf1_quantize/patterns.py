@@ -5,13 +5,22 @@ patterns (see `graph_matcher`) and the matchers built from them.
 here walks or changes the graph.
 """
 
+from tf1_quantize import names
 from tf1_quantize.graph_matcher import GraphMatcher, OneofPattern
 from tf1_quantize.graph_matcher import OpTypePattern as P
 
-LAYER_TYPES = ('Conv2D', 'DepthwiseConv2dNative', 'MatMul')
-FUSED_BN_TYPES = ('FusedBatchNorm', 'FusedBatchNormV2', 'FusedBatchNormV3')
-ACTIVATION_TYPES = ('Relu', 'Relu6', 'Identity')
-ADD = 'Add|AddV2'
+_LAYER = '|'.join(names.LAYER_TYPES)
+_FUSED_BN = '|'.join(names.FUSED_BN_TYPES)
+ADD = '|'.join(names.ADD_TYPES)
+
+
+def _maybe_after(op_type, pattern, name=None, other_inputs=1):
+    """An op of `op_type` reading `pattern` as its input 0 (any ops as its
+    `other_inputs` further inputs), or else `pattern` itself."""
+    return OneofPattern(
+        [P(op_type, name=name, inputs=[pattern] + ['*'] * other_inputs),
+         pattern])
+
 
 # --- The weights a layer reads -------------------------------------------
 _var = P('Variable|VariableV2')
@@ -32,13 +41,10 @@ WEIGHT_READ = OneofPattern(
 _folded_weight = P('Mul', name='folded_weight')
 
 # --- The layer op and what may directly follow it -------------------------
-_layer = P('|'.join(LAYER_TYPES),
+_layer = P(_LAYER,
            name='layer',
            inputs=['*', OneofPattern([WEIGHT_READ, _folded_weight])])
-_batch_to_space = P('BatchToSpaceND',
-                    name='batch_to_space',
-                    inputs=[_layer, '*', '*'])
-_layer_output = OneofPattern([_batch_to_space, _layer])
+_layer_output = _maybe_after('BatchToSpaceND', _layer, 'batch_to_space', 2)
 
 # --- Batch norms after the layer -------------------------------------------
 _pre_bias = P('BiasAdd', name='pre_bn_bias_add', inputs=[_layer_output, '*'])
@@ -46,33 +52,31 @@ _bn_input = OneofPattern([
     P('Identity', name='bn_input_identity', inputs=[_layer_output]), _pre_bias,
     _layer_output
 ])
-_fused_bn = P('|'.join(FUSED_BN_TYPES),
+_fused_bn = P(_FUSED_BN,
               name='fused_bn',
-              inputs=[
-                  OneofPattern([
-                      P('Reshape',
-                        name='bn_input_reshape',
-                        inputs=[_bn_input, '*']), _bn_input
-                  ]), '*', '*', '*', '*'
-              ])
-_fused_bn_output = OneofPattern([
-    P('Reshape', name='bn_output_reshape', inputs=[_fused_bn, '*']), _fused_bn
-])
+              inputs=[_maybe_after('Reshape', _bn_input, 'bn_input_reshape'),
+                      '*', '*', '*', '*'])
+_fused_bn_output = _maybe_after('Reshape', _fused_bn, 'bn_output_reshape')
 # tf.nn.batch_normalization: x * inv + (beta - mean * inv), where
 # inv = rsqrt(var + eps) * gamma (or without gamma).
 _rsqrt = P('Rsqrt',
            name='bn_rsqrt',
            inputs=[P(ADD, name='bn_var_eps', inputs=['*', '*'])])
-_inv = OneofPattern(
-    [P('Mul', name='bn_inv_scaled', inputs=[_rsqrt, '*']), _rsqrt])
-_unfused_bn = P(ADD,
-                name='unfused_bn',
-                inputs=[
-                    P('Mul', name='bn_scale_mul', inputs=[_bn_input, _inv]),
-                    P('Sub',
-                      name='bn_bias',
-                      inputs=['*', P('Mul', inputs=['*', _inv])])
-                ])
+_inv = _maybe_after('Mul', _rsqrt, 'bn_inv_scaled')
+
+
+def _unfused_bn_of(bn_input):
+    """tf.nn.batch_normalization of `bn_input`."""
+    return P(ADD,
+             name='unfused_bn',
+             inputs=[
+                 P('Mul', name='bn_scale_mul', inputs=[bn_input, _inv]),
+                 P('Sub', name='bn_bias',
+                   inputs=['*', P('Mul', inputs=['*', _inv])])
+             ])
+
+
+_unfused_bn = _unfused_bn_of(_bn_input)
 _batch_norm = OneofPattern([_fused_bn_output, _unfused_bn])
 
 # --- Bias, folded forms, bypass and activation ----------------------------
@@ -99,41 +103,20 @@ def _one_conv_fold_patterns(folded_weights):
     Returns:
         (the batch norm pattern, the pattern of the fold's last op).
     """
-    def maybe_switched(pattern):  # Inside the cond, inputs pass a Switch.
-        return OneofPattern([P('Switch', inputs=[pattern, '*']), pattern])
-
-    scale = P('StopGradient|Identity')
-    unscaled_weights = P(
-        'RealDiv',
-        name='unscaled_weights',
-        inputs=[
-            maybe_switched(folded_weights),
-            maybe_switched(
-                OneofPattern([P('Reshape', inputs=[scale, '*']), scale]))
-        ])
-    layer = P('|'.join(LAYER_TYPES),
-              name='layer',
-              inputs=['*', unscaled_weights])
-    layer_output = OneofPattern([
-        P('BatchToSpaceND', name='batch_to_space', inputs=[layer, '*', '*']),
-        layer
-    ])
+    scale = _maybe_after('Reshape', P('StopGradient|Identity'))
+    # Inside the cond, inputs pass a Switch.
+    unscaled_weights = P('RealDiv',
+                         name='unscaled_weights',
+                         inputs=[_maybe_after('Switch', folded_weights),
+                                 _maybe_after('Switch', scale)])
+    layer = P(_LAYER, name='layer', inputs=['*', unscaled_weights])
+    layer_output = _maybe_after('BatchToSpaceND', layer, 'batch_to_space', 2)
     batch_norm = P('FusedBatchNormV3',
                    name='one_conv_bn',
-                   inputs=[
-                       OneofPattern(
-                           [P('Reshape', inputs=[layer_output, '*']),
-                            layer_output]),
-                       '*', '*', '*', '*'
-                   ])
-    batch_output = OneofPattern([
-        P('Reshape', name='one_conv_reshape', inputs=[batch_norm, '*']),
-        batch_norm
-    ])
-    return batch_norm, OneofPattern([
-        P('Merge', name='one_conv_merge', inputs=[batch_output, '*']),
-        batch_output
-    ])
+                   inputs=[_maybe_after('Reshape', layer_output),
+                           '*', '*', '*', '*'])
+    batch_output = _maybe_after('Reshape', batch_norm, 'one_conv_reshape')
+    return batch_norm, _maybe_after('Merge', batch_output, 'one_conv_merge')
 
 
 _, _one_conv_fold = _one_conv_fold_patterns(_folded_weight)
@@ -145,7 +128,7 @@ _bypass = P(ADD,
             inputs=[OneofPattern([_pre_activation, _bn_identity]), '*'],
             ordered_inputs=False)
 _activation = P(
-    '|'.join(ACTIVATION_TYPES),
+    '|'.join(names.ACTIVATION_TYPES),
     name='activation',
     inputs=[
         OneofPattern([_pre_activation, _bn_identity, _bypass, _layer_output])
@@ -155,34 +138,22 @@ _post_activation_bypass = P(ADD,
                             inputs=['*', _activation],
                             ordered_inputs=False)
 # A conv fed directly by another conv (separable convolution).
-_inner_layer = P('|'.join(LAYER_TYPES), name='layer',
-                 inputs=['*', WEIGHT_READ])
-_sep_conv = P('|'.join(LAYER_TYPES),
+_inner_layer = P(_LAYER, name='layer', inputs=['*', WEIGHT_READ])
+_sep_conv = P(_LAYER,
               name='sep_conv',
               inputs=[
-                  OneofPattern([
-                      P('BatchToSpaceND',
-                        name='batch_to_space',
-                        inputs=[_inner_layer, '*', '*']), _inner_layer
-                  ]), '*'
+                  _maybe_after('BatchToSpaceND', _inner_layer,
+                               'batch_to_space', 2), '*'
               ])
 
 # Matched in this order; a layer is recorded by the first root that matches.
 # A batch norm after anything: the ones no layer record claims are
 # rewritten on their own (e.g. a batch norm after an activation).
-_any_fused_bn = P('|'.join(FUSED_BN_TYPES),
+_any_fused_bn = P(_FUSED_BN,
                   name='fused_bn',
                   inputs=['*', '*', '*', '*', '*'])
-_any_unfused_bn = P(ADD,
-                    name='unfused_bn',
-                    inputs=[
-                        P('Mul', name='bn_scale_mul', inputs=['*', _inv]),
-                        P('Sub',
-                          name='bn_bias',
-                          inputs=['*', P('Mul', inputs=['*', _inv])])
-                    ])
 STANDALONE_BN_MATCHER = GraphMatcher(
-    OneofPattern([_any_fused_bn, _any_unfused_bn]))
+    OneofPattern([_any_fused_bn, _unfused_bn_of('*')]))
 
 # Also once the folded layer's weights are quantized.
 ONE_CONV_BN_MATCHER = GraphMatcher(_one_conv_fold_patterns(P('*'))[0])
@@ -192,7 +163,6 @@ LAYER_MATCHERS = [
     for p in (_post_activation_bypass, _activation, _pre_activation, _sep_conv)
 ]
 # Any layer reading variable weights (`quantize_bare_layers`).
-BARE_LAYER_MATCHER = GraphMatcher(P('|'.join(LAYER_TYPES), name='layer',
-                                     inputs=['*', WEIGHT_READ]))
+BARE_LAYER_MATCHER = GraphMatcher(_inner_layer)
 # The batch norms after a layer (an Identity before one is not an activation).
 BATCH_NORM_MATCHER = GraphMatcher(_batch_norm)

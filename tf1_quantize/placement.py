@@ -15,12 +15,7 @@ from typing import Iterator
 
 import tensorflow as tf
 
-_VARIABLE_TYPES = ('Variable', 'VariableV2', 'VarHandleOp')
-# Ops between a variable and the tensor a layer reads as its weights: a
-# ref variable's `read` Identity, a resource read, the ConcatV2 of a
-# partitioned variable's parts (input 0 is the first part) and a fold's Mul
-# (input 0 is the weights).
-_READ_TYPES = ('Identity', 'ReadVariableOp', 'ConcatV2', 'Mul')
+from tf1_quantize import names
 
 
 def variable_device(tensor: tf.Tensor) -> str:
@@ -36,9 +31,9 @@ def variable_device(tensor: tf.Tensor) -> str:
         variable has no device.
     """
     op = tensor.op
-    while op.type in _READ_TYPES and op.inputs:
+    while op.type in names.WEIGHT_READ_TYPES and op.inputs:
         op = op.inputs[0].op
-    return op.device if op.type in _VARIABLE_TYPES else ''
+    return op.device if op.type in names.VARIABLE_TYPES else ''
 
 
 def global_step_device(graph: tf.Graph) -> str:

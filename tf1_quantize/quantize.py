@@ -20,14 +20,6 @@ from tf1_quantize import quant_ops
 from tf1_quantize.errors import QuantizeError
 from tf1_quantize.records import LayerRecord
 
-# Outputs quantized when computed from quantized tensors: contrib's Add and
-# Mul, plus the ops whose output range older TFLite converters (TF 2.15) do
-# not derive from their input (they leave such ops float).
-_INTERMEDIATE_TYPES = ('Add', 'AddV2', 'Mul', 'Mean', 'AvgPool', 'ConcatV2')
-_PASS_THROUGH_TYPES = ('Reshape', 'Identity', 'BatchToSpaceND',
-                       'SpaceToBatchND', 'MaxPool', 'Max')
-_FUSED_ACTIVATION_TYPES = ('Relu', 'Relu6')
-
 
 @dataclasses.dataclass(frozen=True)
 class QuantizeConfig:
@@ -159,7 +151,7 @@ def is_followed_by_fake_quant(tensor: tf.Tensor) -> bool:
         seen.add(op)
         if op.type in names.FAKE_QUANT_TYPES:
             return True
-        if op.type in ('Reshape', 'Identity'):
+        if op.type in names.VALUE_PRESERVING_TYPES:
             pending.extend(op.outputs[0].consumers())
     return False
 
@@ -264,7 +256,7 @@ def _activation_op(record: LayerRecord) -> tf.Operation:
 def _quantize_post_activation_bypass(inserter: _Inserter,
                                      record: LayerRecord) -> None:
     add = record.post_activation_bypass
-    if add is None or any(op.type in _FUSED_ACTIVATION_TYPES
+    if add is None or any(op.type in names.TFLITE_FUSED_ACTIVATION_TYPES
                           for op in graph_edit.op_consumers(add)):
         return
     inserter.insert(graph_edit.scope_of(add),
@@ -317,7 +309,7 @@ def _should_quantize_intermediate(op: tf.Operation,
                 if is_fake_quant_output(source) or decided.get(source):
                     result = True
                     break
-                if (source.type in _INTERMEDIATE_TYPES
+                if (source.type in names.INTERMEDIATE_TYPES
                         and source not in decided
                         and source not in visiting):
                     pending.append(source)
@@ -332,18 +324,18 @@ def _should_quantize_intermediate(op: tf.Operation,
 
 def _is_intermediate_candidate(op: tf.Operation,
                                quantized_ops: Set[tf.Operation]) -> bool:
-    if op in quantized_ops or op.type not in _INTERMEDIATE_TYPES:
+    if op in quantized_ops or op.type not in names.INTERMEDIATE_TYPES:
         return False
     if graph_edit.is_skipped(op):
         return False
     readers = graph_edit.op_consumers(op)
     # TFLite fuses a lone Relu/Relu6 reader into the op.
     return not (len(op.outputs) == 1 and len(readers) == 1
-                and readers[0].type in _FUSED_ACTIVATION_TYPES)
+                and readers[0].type in names.TFLITE_FUSED_ACTIVATION_TYPES)
 
 
 def _through_pass_through(op: tf.Operation) -> tf.Operation:
-    while op.type in _PASS_THROUGH_TYPES and op.inputs:
+    while op.type in names.QUANTIZED_PASS_THROUGH_TYPES and op.inputs:
         op = op.inputs[0].op
     return op
 

@@ -188,7 +188,7 @@ def _is_dead(tensor: tf.Tensor) -> bool:
     pending = [tensor]
     while pending:
         for op in graph_edit.consumers(pending.pop()):
-            if op.type not in ('Reshape', 'Identity'):
+            if op.type not in names.VALUE_PRESERVING_TYPES:
                 return False
             pending.append(op.outputs[0])
     return True
@@ -278,7 +278,7 @@ def _is_second_layer_of_a_sum(match) -> bool:
     if first.type == 'BatchToSpaceND':
         first = first.inputs[0].op
     return (not graph_edit.same_tensor(add.inputs[0], layer_output)
-            and first.type in patterns.LAYER_TYPES)
+            and first.type in names.LAYER_TYPES)
 
 
 def _folded_output(match) -> Optional[tf.Operation]:
@@ -357,12 +357,8 @@ def _batch_statistic(record: BatchNormRecord, index: int) -> tf.Tensor:
     return record.mean if index == 1 else record.variance
 
 
-_VARIABLE_READ_TYPES = ('ReadVariableOp', 'Identity', 'VariableV2', 'Variable',
-                        'Const')
-
-
 def _is_variable_read(tensor: tf.Tensor) -> bool:
-    return tensor.op.type in _VARIABLE_READ_TYPES
+    return tensor.op.type in names.STORED_VALUE_TYPES
 
 
 def _moving_average_update(statistic: tf.Tensor):

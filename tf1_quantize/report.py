@@ -9,15 +9,7 @@ import tensorflow as tf
 
 from tf1_quantize import graph_edit
 from tf1_quantize import names
-from tf1_quantize import patterns
 from tf1_quantize import quantize
-
-# Compute ops the rewrite never quantizes; listed so that the report can say
-# they stay float.
-_UNSUPPORTED_LAYER_TYPES = ('Conv3D', 'Conv2DBackpropInput', 'BatchMatMul',
-                            'BatchMatMulV2', 'BatchMatMulV3', 'Einsum')
-# The weight producers the layer patterns accept (patterns.py `_layer`).
-_LAYER_WEIGHT_SOURCES = ('Identity', 'ReadVariableOp', 'ConcatV2', 'Mul')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,8 +84,8 @@ def find_float_layers(graph: tf.Graph,
     op_names = {op.name for op in graph.get_operations()}
     found = []
     for op in graph.get_operations():
-        if (op.type not in patterns.LAYER_TYPES + _UNSUPPORTED_LAYER_TYPES or
-                op.name in quantized or
+        if (op.type not in names.LAYER_TYPES + names.UNSUPPORTED_LAYER_TYPES
+                or op.name in quantized or
                 op.name + names.FOLD_SUFFIX in op_names or
                 graph_edit.is_skipped(op) or _quantized_earlier(op)):
             continue
@@ -114,7 +106,7 @@ def find_function_layers(graph: tf.Graph) -> List[FloatOp]:
         One `FloatOp` per such op, named `<calling op>/<op in the body>`.
     """
     callers = [op for op in graph.get_operations()
-               if op.type in _FUNCTION_CALL_TYPES]
+               if op.type in names.FUNCTION_CALL_TYPES]
     if not callers:
         return []
     library = {f.signature.name: f
@@ -128,7 +120,8 @@ def find_function_layers(graph: tf.Graph) -> List[FloatOp]:
             if function is None:
                 continue
             for node in function.node_def:
-                if node.op in patterns.LAYER_TYPES + _UNSUPPORTED_LAYER_TYPES:
+                if node.op in (names.LAYER_TYPES
+                               + names.UNSUPPORTED_LAYER_TYPES):
                     found.append(FloatOp(
                         '%s/%s' % (caller.name, node.name), node.op,
                         _FUNCTION_BODY_REASON % (function.signature.name,
@@ -140,11 +133,6 @@ def find_function_layers(graph: tf.Graph) -> List[FloatOp]:
     return found
 
 
-# The ops that run a function of the graph's library: control flow v2 and
-# `tf.function` calls (tf.data's function attributes hold input pipelines).
-_FUNCTION_CALL_TYPES = frozenset([
-    'If', 'StatelessIf', 'While', 'StatelessWhile', 'Case', 'StatelessCase',
-    'PartitionedCall', 'StatefulPartitionedCall'])
 _FUNCTION_BODY_REASON = (
     "it is inside function '%s' called by %s op '%s' (control flow v2: "
     'tf.cond / tf.while_loop, or a tf.function); the rewrite cannot add ops '
@@ -166,7 +154,7 @@ def _called_functions(node_def) -> List[str]:
 def _quantized_earlier(op: tf.Operation) -> bool:
     """A layer whose weights an earlier rewrite already fake-quantized (a
     one-convolution fold's layers read them through a Switch or rescaled)."""
-    if op.type not in patterns.LAYER_TYPES:
+    if op.type not in names.LAYER_TYPES:
         return False
     weights = op.inputs[1].op
     while weights.type in ('Switch', 'RealDiv'):
@@ -175,13 +163,13 @@ def _quantized_earlier(op: tf.Operation) -> bool:
 
 
 def _float_reason(op: tf.Operation) -> str:
-    if op.type in _UNSUPPORTED_LAYER_TYPES:
+    if op.type in names.UNSUPPORTED_LAYER_TYPES:
         return ('op type %s is not quantized; only %s are' %
-                (op.type, ', '.join(patterns.LAYER_TYPES)))
+                (op.type, ', '.join(names.LAYER_TYPES)))
     if 'while/' in op.name:
         return 'it is inside a while loop'
     weights = op.inputs[1].op
-    if weights.type not in _LAYER_WEIGHT_SOURCES:
+    if weights.type not in names.WEIGHT_READ_TYPES:
         return ('its weights come from a %s op (%s), not a variable read' %
                 (weights.type, weights.name))
     return ('no bias add, batch norm or activation after it matched a layer '

@@ -14,9 +14,10 @@ from typing import Dict, Iterator, Optional
 import tensorflow as tf
 
 from tf1_quantize import graph_edit
+from tf1_quantize import names
 from tf1_quantize import placement
 
-STEP_VARIABLE_NAME = 'fake_quantization_step'
+STEP_VARIABLE_NAME = names.STEP_COUNTER
 STEP_TENSOR_NAME = STEP_VARIABLE_NAME + '/Identity:0'
 # The counters `quant_delay` and `freeze_bn_delay` can count in: contrib's
 # private counter (the default) or the global step.

@@ -17,25 +17,10 @@ import tensorflow as tf
 from tf1_quantize import folding
 from tf1_quantize import forward_folding
 from tf1_quantize import names
-from tf1_quantize import patterns
 from tf1_quantize import records as records_lib
 from tf1_quantize import step_counter
 from tf1_quantize.errors import QuantizeError, UnsupportedGraphError
 
-_OPTIMIZERS = ('Adagrad', 'AdagradDA', 'Adam', 'AddSign', 'CenteredRMSProp',
-               'Ftrl', 'FtrlV2', 'GradientDescent', 'Momentum', 'PowerSign',
-               'ProximalAdagrad', 'ProximalGradientDescent', 'RMSProp')
-_SPARSE_OPTIMIZERS = ('Adadelta', 'Adagrad', 'AdagradDA', 'CenteredRMSProp',
-                      'Ftrl', 'FtrlV2', 'Momentum', 'ProximalAdagrad',
-                      'ProximalGradientDescent', 'RMSProp')
-# The optimizer-apply op types whose presence means the rewrite came too late
-# (the same 47 types contrib checked).
-TRAINING_OP_TYPES = frozenset(
-    ['Apply' + o for o in _OPTIMIZERS] +
-    ['ResourceApply' + o for o in ('Adadelta',) + _OPTIMIZERS] +
-    ['ResourceSparseApply' + o for o in _SPARSE_OPTIMIZERS] +
-    ['SparseApply' + o for o in _SPARSE_OPTIMIZERS])
-_CONDITIONAL_TYPES = ('If', 'StatelessIf', 'Switch')
 _MIN_BITS, _MAX_BITS = 2, 16
 # The public names of strategy classes named otherwise.
 _STRATEGY_NAMES = {
@@ -98,7 +83,8 @@ def check_graph(graph: tf.Graph, quantize: bool) -> None:
                             'creating a MonitoredSession / finalizing it.')
     _check_no_distribution_strategy(graph)
     if quantize:
-        found = {op.type for op in graph.get_operations()} & TRAINING_OP_TYPES
+        found = ({op.type for op in graph.get_operations()}
+                 & names.TRAINING_OP_TYPES)
         if found:
             raise QuantizeError(
                 'Training op found in graph, exiting %s. Call the rewrite '
@@ -247,10 +233,10 @@ def _check_conditional_layers(graph: tf.Graph) -> None:
     `training` flag is a tensor: both branches exist and neither can be
     folded."""
     for op in graph.get_operations():
-        if op.type not in patterns.LAYER_TYPES:
+        if op.type not in names.LAYER_TYPES:
             continue
         for reader in _layer_readers(op):
-            if (reader.type in _CONDITIONAL_TYPES
+            if (reader.type in names.CONDITIONAL_TYPES
                     and not names.is_own_conditional(reader.name)):
                 raise UnsupportedGraphError(
                     "Layer op '%s' feeds the conditional '%s' (%s), e.g. a "

@@ -13,12 +13,6 @@ from tf1_quantize.export import interpreter
 from tf1_quantize.export import names
 from tf1_quantize.export import ranges as ranges_lib
 
-# Name scopes of the training rewrite's range updates.
-_RANGE_UPDATES = frozenset(['AssignMinEma', 'AssignMinLast', 'AssignMaxEma',
-                            'AssignMaxLast'])
-# The delays' step counter, which every run increments.
-_STEP_COUNTER = 'fake_quantization_step'
-
 
 @dataclasses.dataclass(frozen=True)
 class TfliteOp:
@@ -77,7 +71,8 @@ def check_eval_graph(graph_def: tf.compat.v1.GraphDef,
     """
     nodes = names.node_map(graph_def)
     reachable = _reachable(nodes, output_names)
-    updates = [n for n in reachable if _RANGE_UPDATES & set(n.split('/'))]
+    updates = [n for n in reachable
+               if set(n.split('/')).intersection(names.RANGE_UPDATES)]
     if updates:
         raise errors.TrainingGraphError(
             f'The graph is a training rewrite: {len(updates)} range-update '
@@ -86,14 +81,15 @@ def check_eval_graph(graph_def: tf.compat.v1.GraphDef,
             'graph, rewrite it with create_eval_graph (or '
             'experimental_create_eval_graph with the training options), '
             'restore the checkpoint and export that.')
-    if any(n.split('/')[0] == _STEP_COUNTER for n in reachable):
+    if any(n.split('/')[0] == names.STEP_COUNTER for n in reachable):
         raise errors.TrainingGraphError(
-            f'The outputs depend on the step counter {_STEP_COUNTER}, which '
-            'every run increments: the graph was rewritten with quant_delay '
-            '(or freeze_bn_delay), and such a graph cannot be frozen. For '
-            'export, rewrite the inference graph without delays: '
-            'create_eval_graph(), or experimental_create_eval_graph without '
-            'quant_delay (the checkpoint restores the trained ranges).')
+            f'The outputs depend on the step counter {names.STEP_COUNTER}, '
+            'which every run increments: the graph was rewritten with '
+            'quant_delay (or freeze_bn_delay), and such a graph cannot be '
+            'frozen. For export, rewrite the inference graph without '
+            'delays: create_eval_graph(), or experimental_create_eval_graph '
+            'without quant_delay (the checkpoint restores the trained '
+            'ranges).')
     if not any(nodes[n].op in names.FAKE_QUANT_TYPES for n in reachable):
         raise errors.UnquantizedGraphError(
             f'No FakeQuant op feeds {", ".join(names.op_names(output_names))}:'

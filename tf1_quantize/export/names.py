@@ -1,16 +1,16 @@
-"""Names, op types and GraphDef helpers shared by the export modules."""
+"""Names, op types and GraphDef helpers shared by the export modules.
+
+The op types and names of the rewrite are those of `tf1_quantize.names`,
+imported here.
+"""
 
 from typing import Dict, List, Sequence, Union
 
 import tensorflow as tf
 
-FAKE_QUANT_TYPES = frozenset([
-    'FakeQuantWithMinMaxVars',
-    'FakeQuantWithMinMaxVarsPerChannel',
-    'FakeQuantWithMinMaxArgs',
-])
-# Ops that read weights as their second input (those the rewrite quantizes).
-LAYER_TYPES = frozenset(['Conv2D', 'DepthwiseConv2dNative', 'MatMul'])
+from tf1_quantize.names import FAKE_QUANT_TYPES, LAYER_TYPES, RANGE_UPDATES
+from tf1_quantize.names import STEP_COUNTER
+
 SUPPORTED_TYPES = (tf.uint8, tf.int8)
 
 Nodes = Dict[str, tf.compat.v1.NodeDef]
