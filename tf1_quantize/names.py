@@ -52,10 +52,11 @@ EVAL = 'eval'
 REWRITE_COLLECTION = 'tf1_quantize_rewrites'
 # The training quantizers' range updates (spec §4): `Assign<Min|Max>Last`
 # (weights) and `Assign<Min|Max>Ema` (activations).
-RANGE_UPDATES = tuple('Assign%s%s' % (bound, kind) for bound in ('Min', 'Max')
-                      for kind in ('Last', 'Ema'))
+RANGE_UPDATE = 'Assign%s%s'  # % ('Min' or 'Max', 'Last' or 'Ema').
+RANGE_UPDATES = tuple(RANGE_UPDATE % (bound, rule) for bound in ('Min', 'Max')
+                      for rule in ('Last', 'Ema'))
 # The update only a training weights quantizer has.
-WEIGHTS_RANGE_UPDATE = 'AssignMinLast'
+WEIGHTS_RANGE_UPDATE = RANGE_UPDATE % ('Min', 'Last')
 # Quantizer scopes end in `_quant` (`weights_quant`, `act_quant_1`, ...).
 _QUANTIZER_SUFFIX = '_quant'
 

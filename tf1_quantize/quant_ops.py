@@ -32,8 +32,6 @@ _GLOBAL_VARIABLES = tf.compat.v1.GraphKeys.GLOBAL_VARIABLES
 _MIN_BITS = 2
 _MAX_BITS = 16
 _PER_CHANNEL_RANKS = (1, 2, 3, 4)
-# Ops whose outputs are never negative (for finite inputs).
-_NON_NEGATIVE_TYPES = ('Relu', 'Relu6')
 
 
 def fake_quantize(
@@ -250,7 +248,7 @@ def _batch_range(inputs: tf.Tensor,
     axis = list(range(inputs.shape.rank - 1)) if per_channel else None
     # Negative: maps a max to its min partner and a min to its max partner.
     ratio = -1.0 if narrow_range else -(2**num_bits - 2) / 2**num_bits
-    if inputs.op.type in _NON_NEGATIVE_TYPES:
+    if inputs.op.type in names.NON_NEGATIVE_ACTIVATION_TYPES:
         batch_max = tf.math.reduce_max(inputs, axis=axis, name='BatchMax')
         return _non_negative_range(batch_max, symmetric, ratio)
     batch_min = tf.math.reduce_min(inputs, axis=axis, name='BatchMin')

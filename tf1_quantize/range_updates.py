@@ -15,6 +15,8 @@ from typing import Callable, Optional
 import numpy as np
 import tensorflow as tf
 
+from tf1_quantize import names
+
 _GLOBAL_VARIABLES = tf.compat.v1.GraphKeys.GLOBAL_VARIABLES
 
 # (range variable, new batch range, 'Min' or 'Max') -> updated range tensor.
@@ -25,7 +27,8 @@ def assign_last_value(variable: tf.Variable,
                       value: tf.Tensor,
                       bound: str) -> tf.Tensor:
     """Assigns the batch range (`AssignMinLast` / `AssignMaxLast`)."""
-    return _update_and_read(variable, 'assign', value, f'Assign{bound}Last')
+    return _update_and_read(variable, 'assign', value,
+                            names.RANGE_UPDATE % (bound, 'Last'))
 
 
 def assign_moving_average(variable: tf.Variable,
@@ -50,7 +53,7 @@ def assign_moving_average(variable: tf.Variable,
     with tf.compat.v1.variable_scope(variable.op.name):
         biased = _shadow_variable('biased', variable.shape)
         local_step = _shadow_variable('local_step', [])
-    with tf.name_scope(f'Assign{bound}Ema') as scope:
+    with tf.name_scope(names.RANGE_UPDATE % (bound, 'Ema')) as scope:
         one_minus_decay = tf.constant(1.0 - ema_decay, tf.float32,
                                       name='decay')
         update_biased = _update_and_read(
