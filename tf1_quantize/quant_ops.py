@@ -84,7 +84,6 @@ def fake_quantize(
         ValueError: If `ema_decay`, `num_bits`, the initial range or (with
             `per_channel`) the rank or channel count of `inputs` is invalid.
     """
-    update = None
     if ema_decay is None:
         update = range_updates.assign_last_value
     elif 0.0 <= ema_decay < 1.0:
