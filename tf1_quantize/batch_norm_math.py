@@ -34,6 +34,7 @@ from tf1_quantize import conditionals
 from tf1_quantize import graph_edit
 from tf1_quantize import step_counter
 from tf1_quantize import names
+from tf1_quantize import shared_constants
 from tf1_quantize.records import BatchNormRecord
 
 FOLD_GRADIENT_NAME = 'FoldFusedBatchNormGrad'
@@ -129,7 +130,8 @@ def per_channel(value, channel_vector: tf.Tensor):
     """
     if (isinstance(value, (float, np.floating))
             and channel_vector.shape.is_fully_defined()):
-        return np.full(channel_vector.shape.as_list(), value, np.float32)
+        return shared_constants.constant(
+            np.full(channel_vector.shape.as_list(), value, np.float32))
     return value
 
 
@@ -201,8 +203,9 @@ def _constant_like(tensor: tf.Tensor, value: float) -> tf.Tensor:
     """A constant shaped like `tensor`; unlike `ones_like`/`zeros_like` it
     does not make the graph compute `tensor` when its shape is static."""
     if tensor.shape.is_fully_defined():
-        return tf.fill(tensor.shape.as_list(), value)
-    return tf.fill(tf.shape(tensor), value)
+        return shared_constants.constant(
+            np.full(tensor.shape.as_list(), value), tensor.dtype)
+    return tf.fill(tf.shape(tensor), tf.constant(value, tensor.dtype))
 
 
 def use_moving_average(graph, freeze_bn_delay):
@@ -210,8 +213,8 @@ def use_moving_average(graph, freeze_bn_delay):
     if freeze_bn_delay is None:
         return False
     step = step_counter.delay_step(graph)
-    return tf.greater_equal(step, tf.constant(freeze_bn_delay, step.dtype),
-                            name='use_moving_average')
+    delay = shared_constants.constant(freeze_bn_delay, step.dtype)
+    return tf.greater_equal(step, delay, name='use_moving_average')
 
 
 def freeze_moving_average(decay: tf.Tensor, use_moving, name: str) -> None:
@@ -219,7 +222,8 @@ def freeze_moving_average(decay: tf.Tensor, use_moving, name: str) -> None:
     if isinstance(use_moving, bool):
         return
     readers = graph_edit.consumers(decay)
-    frozen = conditionals.choose(use_moving, lambda: tf.zeros_like(decay),
+    frozen = conditionals.choose(use_moving,
+                                 lambda: _constant_like(decay, 0.0),
                                  lambda: decay, name=name)
     graph_edit.reroute(frozen, decay, can_modify=readers)
 

@@ -18,11 +18,13 @@ from __future__ import annotations
 
 from typing import List, Optional
 
+import numpy as np
 import tensorflow as tf
 
 from tf1_quantize import batch_norm_math as bn_math
 from tf1_quantize import conditionals
 from tf1_quantize import graph_edit
+from tf1_quantize import shared_constants
 from tf1_quantize.errors import UnsupportedGraphError
 from tf1_quantize.names import (BN_FOLD_SCOPE, CORRECTED_WEIGHTS, FOLD_SUFFIX,
                                 FOLDED_WEIGHTS, FREEZE_MOVING_MEAN,
@@ -218,9 +220,11 @@ def _normalize_with_batch_statistics(x: tf.Tensor, bn: BatchNormRecord):
     channels = x.shape[-1]
     inputs = x if x.shape.rank == 4 else tf.reshape(x, [-1, 1, 1, channels])
     gamma = bn.gamma if bn.gamma is not None else tf.ones_like(bn.beta)
+    # Training mode takes no statistics: the empty tensors TF would build.
+    empty = shared_constants.constant(np.zeros([0]))
     output, mean, variance = tf.compat.v1.nn.fused_batch_norm(
-        inputs, gamma, bn.beta, epsilon=_static_epsilon(bn),
-        is_training=True, name='batch_norm')
+        inputs, gamma, bn.beta, mean=empty, variance=empty,
+        epsilon=_static_epsilon(bn), is_training=True, name='batch_norm')
     if x.shape.rank != 4:
         output = tf.reshape(output, tf.shape(x), name='batch_norm_output')
     if bn.pre_bias is not None:  # `x` lacks it; only the mean notices.

@@ -32,6 +32,8 @@ STEP_COUNTER = 'fake_quantization_step'
 BN_FOLD_SCOPE = 'BatchNorm_Fold'
 FOLD_SUFFIX = '_Fold'
 CORRECTION_SCOPE = 'batch_norm_correction'
+# Where a rewrite keeps the constants its quantizers and folds share.
+SHARED_CONSTANTS_SCOPE = 'quantize_constants'
 FREEZE_MOVING_MEAN = 'freeze_moving_mean'
 FREEZE_MOVING_VAR = 'freeze_moving_var'
 

@@ -21,11 +21,13 @@ import functools
 import numbers
 from typing import List, Optional, Tuple
 
+import numpy as np
 import tensorflow as tf
 
 from tf1_quantize import conditionals
 from tf1_quantize import names
 from tf1_quantize import range_updates
+from tf1_quantize import shared_constants
 from tf1_quantize import step_counter
 
 _GLOBAL_VARIABLES = tf.compat.v1.GraphKeys.GLOBAL_VARIABLES
@@ -243,19 +245,30 @@ def _batch_range(inputs: tf.Tensor,
     range is exactly [-m, m]); otherwise it is (2^(b-1) - 1) / 2^(b-1), e.g.
     127/128, like two's-complement integers.
     """
-    # Per channel: reduce over every axis but the last (none for rank 1).
-    axis = list(range(inputs.shape.rank - 1)) if per_channel else None
+    axis = _reduction_axes(inputs, per_channel)
     # Negative: maps a max to its min partner and a min to its max partner.
-    ratio = -1.0 if narrow_range else -(2**num_bits - 2) / 2**num_bits
+    ratio = shared_constants.constant(
+        -1.0 if narrow_range else -(2**num_bits - 2) / 2**num_bits)
     if inputs.op.type in names.NON_NEGATIVE_ACTIVATION_TYPES:
         batch_max = tf.math.reduce_max(inputs, axis=axis, name='BatchMax')
         return _non_negative_range(batch_max, symmetric, ratio)
     batch_min = tf.math.reduce_min(inputs, axis=axis, name='BatchMin')
     batch_max = tf.math.reduce_max(inputs, axis=axis, name='BatchMax')
     if not symmetric:
-        return tf.math.minimum(batch_min, 0.0), tf.math.maximum(batch_max, 0.0)
+        zero = shared_constants.constant(0.0)
+        return tf.math.minimum(batch_min, zero), tf.math.maximum(batch_max, zero)
     return (tf.math.minimum(batch_min, batch_max / ratio),
             tf.math.maximum(batch_max, batch_min * ratio))
+
+
+def _reduction_axes(inputs: tf.Tensor, per_channel: bool):
+    """The axes a batch range reduces: all, or (per channel) all but the
+    last (none for rank 1); None where the rank is unknown."""
+    rank = inputs.shape.rank
+    if rank is None:
+        return None
+    return shared_constants.constant(
+        np.arange(rank - 1 if per_channel else rank), tf.int32)
 
 
 def _non_negative_range(batch_max: tf.Tensor,
@@ -268,7 +281,10 @@ def _non_negative_range(batch_max: tf.Tensor,
     values the general formulas give, saving a full pass over the tensor.
     """
     if not symmetric:
-        return tf.zeros(batch_max.shape, name='ZeroMin'), batch_max
+        # A scalar, or one per channel (a known count, see
+        # `_check_per_channel_shape`).
+        zeros = np.zeros(batch_max.shape.as_list())
+        return shared_constants.constant(zeros, name='ZeroMin'), batch_max
     return batch_max / ratio, batch_max
 
 

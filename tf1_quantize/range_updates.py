@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf1_quantize import names
+from tf1_quantize import shared_constants
 
 _GLOBAL_VARIABLES = tf.compat.v1.GraphKeys.GLOBAL_VARIABLES
 
@@ -54,16 +55,17 @@ def assign_moving_average(variable: tf.Variable,
         biased = _shadow_variable('biased', variable.shape)
         local_step = _shadow_variable('local_step', [])
     with tf.name_scope(names.RANGE_UPDATE % (bound, 'Ema')) as scope:
-        one_minus_decay = tf.constant(1.0 - ema_decay, tf.float32,
-                                      name='decay')
+        one_minus_decay = shared_constants.constant(1.0 - ema_decay,
+                                                    name='decay')
         update_biased = _update_and_read(
             biased, 'assign_sub', (biased - value) * one_minus_decay)
-        update_step = _update_and_read(local_step, 'assign_add', 1.0)
+        one = shared_constants.constant(1.0, name='one')
+        update_step = _update_and_read(local_step, 'assign_add', one)
         # TF's helper computes `1 - (1 - d)` in float32 at run time; the
         # same float32 subtraction here gives the identical constant.
-        decay = tf.constant(np.float32(1.0) - np.float32(1.0 - ema_decay),
-                            name='ema_decay')
-        bias_factor = 1.0 - tf.pow(decay, update_step)
+        decay = shared_constants.constant(
+            np.float32(1.0) - np.float32(1.0 - ema_decay), name='ema_decay')
+        bias_factor = one - tf.pow(decay, update_step)
         return _update_and_read(variable, 'assign',
                                 update_biased / bias_factor, scope)
 

@@ -1,0 +1,132 @@
+"""Tests for `shared_constants`: one Const per value during a rewrite."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import builders as gb
+import tf1_quantize
+from tf1_quantize import names
+from tf1_quantize import shared_constants
+
+SCOPE = names.SHARED_CONSTANTS_SCOPE + '/'
+
+
+def _value_key(op: tf.Operation):
+    value = tf.make_ndarray(op.get_attr('value'))
+    return op.get_attr('dtype'), value.shape, value.tobytes()
+
+
+def _rewrite_consts(graph, before):
+    """Consts the rewrite built, less the variable initializers and the
+    per-quantizer delay thresholds (contrib's tests look for those)."""
+    return [op for op in graph.get_operations()
+            if op.type == 'Const' and op.name not in before
+            and '/Initializer/' not in op.name
+            and not op.name.startswith(names.STEP_COUNTER + '/')
+            and not op.name.endswith(names.ACTIVATE_QUANT + '/y')]
+
+
+@pytest.mark.parametrize('create', [
+    lambda: tf1_quantize.create_training_graph(quant_delay=5),
+    lambda: tf1_quantize.experimental_create_training_graph(
+        quant_delay=5, freeze_bn_delay=7, symmetric=True,
+        per_channel_weights=True),
+    lambda: tf1_quantize.experimental_create_training_graph(
+        one_conv_fold=True),
+    lambda: tf1_quantize.create_eval_graph(),
+], ids=['training', 'training_freeze_symmetric', 'one_conv', 'eval'])
+def test_rewrite_builds_each_value_once(create):
+    graph = gb.rich_graph()
+    before = {op.name for op in graph.get_operations()}
+    with graph.as_default():
+        create()
+    consts = _rewrite_consts(graph, before)
+    keys = [_value_key(op) for op in consts]
+    assert len(keys) == len(set(keys)), sorted(op.name for op in consts)
+    assert all(op.name.startswith(SCOPE) for op in consts), [
+        op.name for op in consts if not op.name.startswith(SCOPE)]
+
+
+def test_quantizers_read_one_zero():
+    """Each weight quantizer widens its range to 0 twice (Minimum and
+    Maximum); all of them read one zero."""
+    graph = gb.rich_graph()
+    with graph.as_default():
+        tf1_quantize.create_training_graph()
+    widen = [op for op in graph.get_operations()
+             if op.type in ('Minimum', 'Maximum')
+             and '/weights_quant/' in op.name]
+    assert len(widen) == 2 * len(gb.RICH_WEIGHT_PREFIXES)
+    zeros = {op.inputs[1].op for op in widen}
+    assert len(zeros) == 1
+    zero = zeros.pop()
+    assert zero.name.startswith(SCOPE)
+    assert tf.make_ndarray(zero.get_attr('value')) == 0.0
+
+
+def test_shared_constants_carry_no_control_inputs():
+    """A rewrite called inside a control_dependencies block must not tie
+    every quantizer to it through the constants they share."""
+    graph = gb.rich_graph()
+    with graph.as_default():
+        barrier = tf.no_op(name='barrier')
+        with tf.control_dependencies([barrier]):
+            tf1_quantize.create_training_graph(quant_delay=5)
+    shared = [op for op in graph.get_operations()
+              if op.name.startswith(SCOPE)]
+    assert shared
+    assert not [op.name for op in shared if op.control_inputs]
+
+
+def test_shared_constants_keep_the_callers_device():
+    graph = gb.rich_graph()
+    with graph.as_default(), tf.device('/cpu:0'):
+        tf1_quantize.create_training_graph()
+    shared = [op for op in graph.get_operations()
+              if op.name.startswith(SCOPE)]
+    assert shared
+    assert {op.device for op in shared} == {'/device:CPU:0'}
+
+
+def test_constant_is_shared_only_inside_sharing():
+    graph = tf.Graph()
+    with graph.as_default():
+        outside = [shared_constants.constant(1.0) for _ in range(2)]
+        with shared_constants.sharing(graph):
+            first = shared_constants.constant(1.0)
+            again = shared_constants.constant(np.float32(1.0), name='other')
+            other_dtype = shared_constants.constant(1.0, tf.int32)
+            vector = shared_constants.constant([1.0, 1.0])
+    assert outside[0] is not outside[1]
+    assert first is again
+    assert first.name == SCOPE + 'Const:0'
+    assert len({id(t) for t in (first, other_dtype, vector)}) == 3
+    assert other_dtype.dtype == tf.int32 and vector.shape == [2]
+
+
+def test_constant_of_another_graph_is_not_shared():
+    graph, other = tf.Graph(), tf.Graph()
+    with shared_constants.sharing(graph), other.as_default():
+        a = shared_constants.constant(2.0)
+        b = shared_constants.constant(2.0)
+    assert a is not b and a.graph is other
+
+
+def test_constant_inside_a_cond_is_built_there():
+    """An op in a TF1 cond branch cannot read an outside Const without a
+    Switch; the constant is built in the branch instead."""
+    graph = tf.Graph()
+    with graph.as_default(), shared_constants.sharing(graph):
+        outside = shared_constants.constant(3.0)
+        branch = []
+        with gb.control_flow_v1():
+            tf.compat.v1.cond(
+                tf.compat.v1.placeholder(tf.bool, []),
+                lambda: branch.append(shared_constants.constant(3.0))
+                or branch[-1] + 1.0,
+                lambda: tf.constant(0.0))
+    assert branch[0] is not outside
+    assert not branch[0].name.startswith(SCOPE)
+    assert branch[0].op._get_control_flow_context() is not None  # pylint: disable=protected-access
+
