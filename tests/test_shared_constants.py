@@ -79,6 +79,41 @@ def test_shared_constants_carry_no_control_inputs():
     assert not [op.name for op in shared if op.control_inputs]
 
 
+def test_fold_gradient_constants_skip_the_update_ops_block():
+    """A script builds its gradients under `control_dependencies(update_ops)`:
+    the fold gradient's constants take none of those edges, and the train op
+    still runs after every update op."""
+    graph = gb.rich_graph()
+    with graph.as_default():
+        tf1_quantize.create_training_graph()
+        loss = graph.get_tensor_by_name('output:0')
+        updates = tf.compat.v1.get_collection(
+            tf.compat.v1.GraphKeys.UPDATE_OPS)
+        assert updates
+        with tf.control_dependencies(updates):
+            train = tf.compat.v1.train.GradientDescentOptimizer(
+                0.1).minimize(loss)
+    fold_grad = [op for op in graph.get_operations()
+                 if op.name.startswith('gradients/')
+                 and '/FusedBatchNormV3_grad/' in op.name]
+    consts = [op for op in fold_grad if op.type == 'Const']
+    assert len(consts) == 3, [op.name for op in fold_grad]
+    assert not [op.name for op in consts if op.control_inputs]
+    assert set(updates) <= _ancestors(train)
+
+
+def _ancestors(op: tf.Operation):
+    """Every op `op` waits for, through data and control inputs."""
+    seen, stack = set(), [op]
+    while stack:
+        current = stack.pop()
+        for parent in [t.op for t in current.inputs] + current.control_inputs:
+            if parent not in seen:
+                seen.add(parent)
+                stack.append(parent)
+    return seen
+
+
 def test_shared_constants_keep_the_callers_device():
     graph = gb.rich_graph()
     with graph.as_default(), tf.device('/cpu:0'):

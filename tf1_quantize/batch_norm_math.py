@@ -30,6 +30,7 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
+from tf1_quantize import gradients
 from tf1_quantize import conditionals
 from tf1_quantize import graph_edit
 from tf1_quantize import step_counter
@@ -176,9 +177,10 @@ def corrections(graph, bn: BatchNormRecord, stats: Statistics,
         epsilon = per_channel(bn.epsilon, stats.variance)
         recip_sigma_mv = tf.math.rsqrt(stats.moving_variance + epsilon)
         recip_sigma = tf.math.rsqrt(stats.variance + epsilon)
-        scale = tf.identity(tf.math.divide(recip_sigma_mv, recip_sigma,
-                                           name='scale_compute'),
-                            name='correction_scale')
+        with gradients.shared_constant_gradients():
+            scale = tf.math.divide(recip_sigma_mv, recip_sigma,
+                                   name='scale_compute')
+        scale = tf.identity(scale, name='correction_scale')
         reciprocal = tf.math.reciprocal(scale, name='reciprocal_compute')
         gamma = bn.gamma if bn.gamma is not None else tf.ones_like(stats.mean)
         offset = tf.multiply(gamma, stats.mean * recip_sigma -
@@ -240,9 +242,22 @@ def _fold_fused_batch_norm_grad(op, *grads):
     grad_mean, grad_var = grads[1], grads[2]
     n = elements_per_channel(x, mean)
     # Per-channel factors first: only (x - mean) * a + b touches all of x.
-    offset = grad_mean / n if grad_mean is not None else 0.0
+    offset = (grad_mean / _tensor(n) if grad_mean is not None
+              else _tensor(0.0))
     # One element per channel: the variance is 0 whatever x is.
-    factor = (tf.math.divide_no_nan(2.0 * grad_var, n - _ONE)
-              if grad_var is not None else 0.0)
-    grad_x = (x - mean) * factor + offset
+    factor = (tf.math.divide_no_nan(_tensor(2.0) * grad_var,
+                                    _tensor(n - _ONE))
+              if grad_var is not None else _tensor(0.0))
+    with graph_edit.no_control_dependencies(op.graph):  # Forward only.
+        centred_x = x - mean
+    grad_x = centred_x * factor + offset
     return [grad_x] + [None] * (len(op.inputs) - 1)
+
+
+def _tensor(value):
+    """`value` as a tensor; a number becomes a constant without the control
+    dependencies of the training script's update-op block, where gradients
+    are built (see `shared_constants.constant`)."""
+    if isinstance(value, tf.Tensor):
+        return value
+    return shared_constants.constant(value)

@@ -25,6 +25,8 @@ import tensorflow as tf
 # graphs), so it is read and restored directly.
 from tensorflow.python.ops import control_flow_util
 
+from tf1_quantize import gradients
+
 # Serialises flips of the process-wide switch so that concurrent callers
 # cannot restore each other's state in the wrong order. Reentrant because a
 # branch function may itself call `smart_cond`.
@@ -73,8 +75,9 @@ def choose(pred: Union[bool, tf.Tensor],
         return smart_cond(pred, true_fn, false_fn, name=name)
     # `Select` with a scalar condition picks a whole tensor; its gradient is
     # three ops (SelectV2's also reduces over broadcast axes).
-    return tf.raw_ops.Select(condition=pred, x=true_fn(), y=false_fn(),
-                             name=name)
+    x, y = true_fn(), false_fn()
+    with gradients.shared_constant_gradients():
+        return tf.raw_ops.Select(condition=pred, x=x, y=y, name=name)
 
 
 @contextlib.contextmanager

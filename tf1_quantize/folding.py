@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf1_quantize import batch_norm_math as bn_math
+from tf1_quantize import gradients
 from tf1_quantize import conditionals
 from tf1_quantize import graph_edit
 from tf1_quantize import shared_constants
@@ -103,7 +104,8 @@ def _exact_fold(graph, record: LayerRecord, names: _FoldNames,
     weights = _folded_weights(graph, record, names, multiplier, corrections)
     output, layer, batch_to_space = _clone_layer(graph, record, weights,
                                                  names)
-    with graph_edit.absolute_name_scope(graph, names.layer_scope):
+    with (graph_edit.absolute_name_scope(graph, names.layer_scope),
+          gradients.shared_constant_gradients()):
         if corrections is not None:
             output = tf.multiply(corrections.recip, output,
                                  name='post_conv_mul')
@@ -122,7 +124,8 @@ def _folded_weights(graph, record: LayerRecord, names, multiplier,
             correction = _per_output_channel(corrections.scale, record,
                                              'correction_reshape')
         multiplier = _per_output_channel(multiplier, record, 'scale_reshape')
-    with graph_edit.absolute_name_scope(graph, names.layer_scope):
+    with (graph_edit.absolute_name_scope(graph, names.layer_scope),
+          gradients.shared_constant_gradients()):
         if corrections is not None:
             weights = tf.multiply(correction, weights,
                                   name=CORRECTED_WEIGHTS)
@@ -163,7 +166,8 @@ def _one_conv_fold(graph, record: LayerRecord, names: _FoldNames,
                  if freeze_bn_delay is None else
                  tf.identity(scale, name='scale'))
         multiplier = _per_output_channel(scale, record, 'scale_reshape')
-    with graph_edit.absolute_name_scope(graph, names.layer_scope):
+    with (graph_edit.absolute_name_scope(graph, names.layer_scope),
+          gradients.shared_constant_gradients()):
         weights = tf.multiply(record.weights, multiplier,
                               name=FOLDED_WEIGHTS)
     use_moving = bn_math.use_moving_average(graph, freeze_bn_delay)
@@ -186,8 +190,9 @@ def _one_conv_fold(graph, record: LayerRecord, names: _FoldNames,
         return _clone_layer(graph, record, layer_weights, names, layer_input)
 
     def batch_statistics():
-        unscaled = tf.raw_ops.RealDiv(x=weights, y=multiplier,
-                                      name='unscaled_weights')
+        with gradients.shared_constant_gradients():
+            unscaled = tf.raw_ops.RealDiv(x=weights, y=multiplier,
+                                          name='unscaled_weights')
         output, layer, batch_to_space = clone_layer(unscaled)
         batch_clone.extend((layer, batch_to_space))
         return _normalize_with_batch_statistics(output, bn)

@@ -142,6 +142,28 @@ def absolute_name_scope(graph: tf.Graph, scope: str):
 
 
 @contextlib.contextmanager
+def no_control_dependencies(graph: tf.Graph):
+    """Builds the block's ops without the active control dependencies.
+
+    For ops that need not wait: constants, and ops of a gradient that read
+    only forward tensors (the rest of the gradient still waits through its
+    inputs). A training script builds its gradients inside
+    `control_dependencies(update_ops)`, which would give each such op one
+    control edge per update op. Inside a TF1 conditional or while loop
+    nothing changes: leaving the control dependencies would also leave the
+    loop's or branch's frame.
+
+    Yields:
+        Nothing.
+    """
+    if graph._get_control_flow_context() is not None:  # pylint: disable=protected-access
+        yield
+        return
+    with graph.control_dependencies(None):
+        yield
+
+
+@contextlib.contextmanager
 def root_variable_scope():
     """Opens the root variable scope of the default graph, whatever variable
     scope is active, keeping the caller's `use_resource`: contrib created its

@@ -9,9 +9,12 @@ at the first `session.run`. Inside `sharing(graph)` (the rewrite opens it),
 scope `quantize_constants/` without control dependencies. Values are
 unchanged: only where a number lives changes, never the number.
 
-Outside `sharing`, and inside a TF1 conditional or while loop (whose ops
-cannot read a tensor from outside without an extra Switch or Enter),
-`constant` builds an ordinary constant where it is called.
+Outside `sharing`, `constant` builds a constant where it is called, in the
+caller's name scope, but still without control dependencies (see
+`graph_edit.no_control_dependencies`: gradients are built inside the
+training script's update-op block). Inside a TF1 conditional or while
+loop, whose ops cannot read a tensor from outside without an extra Switch
+or Enter, it builds an ordinary constant there.
 """
 
 import contextlib
@@ -65,11 +68,12 @@ def constant(value, dtype: tf.DType = tf.float32,
     # pylint: disable-next=protected-access
     if (shared is None or shared[0] is not graph
             or graph._get_control_flow_context() is not None):
-        return tf.constant(array, dtype, name=name)
+        with graph_edit.no_control_dependencies(graph):
+            return tf.constant(array, dtype, name=name)
     key = (dtype, array.shape, array.tobytes())
     cache = shared[1]
     if key not in cache:
-        with (graph.control_dependencies(None),
+        with (graph_edit.no_control_dependencies(graph),
               graph_edit.absolute_name_scope(graph,
                                              names.SHARED_CONSTANTS_SCOPE)):
             cache[key] = tf.constant(array, dtype, name=name)
