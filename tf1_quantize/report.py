@@ -81,12 +81,13 @@ def find_float_layers(graph: tf.Graph,
         One `FloatOp` per such op, in graph order.
     """
     quantized = set(quantized_layers)
-    op_names = {op.name for op in graph.get_operations()}
+    clones = {op.name for op in graph.get_operations()
+              if op.name.endswith(names.FOLD_SUFFIX)}
     found = []
     for op in graph.get_operations():
         if (op.type not in names.LAYER_TYPES + names.UNSUPPORTED_LAYER_TYPES
                 or op.name in quantized or
-                op.name + names.FOLD_SUFFIX in op_names or
+                op.name + names.FOLD_SUFFIX in clones or
                 graph_edit.is_skipped(op) or _quantized_earlier(op)):
             continue
         found.append(FloatOp(op.name, op.type, _float_reason(op)))
