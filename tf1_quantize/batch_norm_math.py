@@ -30,12 +30,12 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
-from tf1_quantize import gradients
 from tf1_quantize import conditionals
+from tf1_quantize import gradients
 from tf1_quantize import graph_edit
-from tf1_quantize import step_counter
 from tf1_quantize import names
 from tf1_quantize import shared_constants
+from tf1_quantize import step_counter
 from tf1_quantize.records import BatchNormRecord
 
 FOLD_GRADIENT_NAME = 'FoldFusedBatchNormGrad'

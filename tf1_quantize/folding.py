@@ -22,8 +22,8 @@ import numpy as np
 import tensorflow as tf
 
 from tf1_quantize import batch_norm_math as bn_math
-from tf1_quantize import gradients
 from tf1_quantize import conditionals
+from tf1_quantize import gradients
 from tf1_quantize import graph_edit
 from tf1_quantize import shared_constants
 from tf1_quantize.errors import UnsupportedGraphError

@@ -256,7 +256,8 @@ def _batch_range(inputs: tf.Tensor,
     batch_max = tf.math.reduce_max(inputs, axis=axis, name='BatchMax')
     if not symmetric:
         zero = shared_constants.constant(0.0)
-        return tf.math.minimum(batch_min, zero), tf.math.maximum(batch_max, zero)
+        return (tf.math.minimum(batch_min, zero),
+                tf.math.maximum(batch_max, zero))
     return (tf.math.minimum(batch_min, batch_max / ratio),
             tf.math.maximum(batch_max, batch_min * ratio))
 
@@ -273,7 +274,7 @@ def _reduction_axes(inputs: tf.Tensor, per_channel: bool):
 
 def _non_negative_range(batch_max: tf.Tensor,
                         symmetric: bool,
-                        ratio: float) -> Tuple[tf.Tensor, tf.Tensor]:
+                        ratio: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
     """`_batch_range` of a Relu/Relu6 output, without reducing its minimum.
 
     With `0 <= batch_min <= batch_max`, the widened minimum is 0 (asymmetric)
