@@ -59,6 +59,18 @@ def global_names(graph):
     return {v.op.name for v in graph.get_collection(GLOBAL)}
 
 
+def ancestors(op: tf.Operation):
+    """Every op `op` waits for, through data and control inputs."""
+    seen, stack = set(), [op]
+    while stack:
+        current = stack.pop()
+        for parent in [t.op for t in current.inputs] + current.control_inputs:
+            if parent not in seen:
+                seen.add(parent)
+                stack.append(parent)
+    return seen
+
+
 def consumer_names(tensor):
     return sorted(op.name for op in tensor.consumers())
 

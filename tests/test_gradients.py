@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import graph_checks
 from tf1_quantize import gradients
 
 v1 = tf.compat.v1
@@ -123,20 +124,8 @@ def test_gradients_built_under_update_ops_take_no_needless_edges():
                 if op.control_inputs and not _reads_gradient(op)]
     assert not needless
     for grad in (grad_x, grad_y):
-        assert update.op in _ancestors(grad.op)
+        assert update.op in graph_checks.ancestors(grad.op)
 
 
 def _reads_gradient(op):
     return any(t.op.name.startswith('gradients') for t in op.inputs)
-
-
-def _ancestors(op):
-    """Every op `op` waits for, through data and control inputs."""
-    seen, stack = set(), [op]
-    while stack:
-        current = stack.pop()
-        for parent in [t.op for t in current.inputs] + current.control_inputs:
-            if parent not in seen:
-                seen.add(parent)
-                stack.append(parent)
-    return seen

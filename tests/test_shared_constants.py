@@ -5,6 +5,7 @@ import pytest
 import tensorflow as tf
 
 import builders as gb
+import graph_checks
 import tf1_quantize
 from tf1_quantize import names
 from tf1_quantize import shared_constants
@@ -99,19 +100,7 @@ def test_fold_gradient_constants_skip_the_update_ops_block():
     consts = [op for op in fold_grad if op.type == 'Const']
     assert len(consts) == 3, [op.name for op in fold_grad]
     assert not [op.name for op in consts if op.control_inputs]
-    assert set(updates) <= _ancestors(train)
-
-
-def _ancestors(op: tf.Operation):
-    """Every op `op` waits for, through data and control inputs."""
-    seen, stack = set(), [op]
-    while stack:
-        current = stack.pop()
-        for parent in [t.op for t in current.inputs] + current.control_inputs:
-            if parent not in seen:
-                seen.add(parent)
-                stack.append(parent)
-    return seen
+    assert set(updates) <= graph_checks.ancestors(train)
 
 
 def test_shared_constants_keep_the_callers_device():
