@@ -1,5 +1,8 @@
 """Tests for `gradients`: TF's values, without update-op edges."""
 
+import contextlib
+import functools
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -129,3 +132,57 @@ def test_gradients_built_under_update_ops_take_no_needless_edges():
 
 def _reads_gradient(op):
     return any(t.op.name.startswith('gradients') for t in op.inputs)
+
+
+STOPPED_OPERANDS = {
+    'const': tf.constant,
+    'stop_gradient': lambda value: tf.stop_gradient(tf.Variable(value)),
+    'reshaped_stop_gradient': lambda value: tf.reshape(
+        tf.identity(tf.stop_gradient(tf.Variable(value))), value.shape),
+}
+
+
+def _stopped_operand_graph(op_type, kind, override):
+    """`op(x, c) * op(c, x)` for a placeholder x and an operand c that
+    stops gradients, and the gradients w.r.t. x and c."""
+    graph = tf.Graph()
+    with graph.as_default():
+        x = v1.placeholder(tf.float32, [2, 3, 3, 4])
+        pred = v1.placeholder(tf.bool, [])
+        channels = np.linspace(0.5, 2.0, 4, dtype=np.float32)
+        if op_type == 'Select':  # Select takes operands of one shape.
+            c = STOPPED_OPERANDS[kind](np.tile(channels, (2, 3, 3, 1)))
+            build = functools.partial(tf.raw_ops.Select, condition=pred)
+        else:
+            c = STOPPED_OPERANDS[kind](channels)
+            build = BINARY[op_type]
+        with (gradients.shared_constant_gradients() if override
+              else contextlib.nullcontext()):
+            out = build(x=x, y=c) * build(x=c, y=x)
+        grads = tf.gradients(tf.reduce_sum(out * out), [x, c])
+    return graph, x, pred, grads
+
+
+@pytest.mark.parametrize('kind', sorted(STOPPED_OPERANDS))
+@pytest.mark.parametrize('op_type', sorted(BINARY) + ['Select'])
+def test_operands_that_stop_gradients_get_none(op_type, kind):
+    """A constant or stop_gradient input gets None and no ops; the other
+    input's gradient is TF's, bit for bit."""
+    values = np.random.RandomState(2).randn(2, 3, 3, 4).astype(np.float32)
+    results = []
+    for override in (False, True):
+        graph, x, pred, grads = _stopped_operand_graph(op_type, kind,
+                                                       override)
+        assert (grads[1] is None) == override
+        with v1.Session(graph=graph) as session:
+            session.run(v1.global_variables_initializer())
+            results.append([session.run(grads[0], {x: values, pred: p})
+                            for p in (True, False)])
+        if override:
+            gradient_ops = [op.name for op in graph.get_operations()
+                            if op.name.startswith('gradients/')
+                            and f'{op_type}_grad' in op.name]
+            # One gradient each: nothing gated in a `tuple`.
+            assert not [n for n in gradient_ops if '/tuple/' in n]
+    for want, have in zip(results[0], results[1]):
+        assert want.tobytes() == have.tobytes()

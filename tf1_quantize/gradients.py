@@ -15,14 +15,19 @@ The gradients registered here build the same arithmetic ops in the same
 order as TF's (`math_grad` of TF 2.15 to 2.21: `_MulGrad`, `_AddGrad`,
 `_RealDivGrad`, `_SelectGrad`), so the values are the same, and take their
 constants from `shared_constants` and their forward-only ops out of the
-update-op block. Ops built inside `shared_constant_gradients()` use them
+update-op block. An input that no gradient can flow through (a constant: the
+fold's epsilon, Bessel factor and zero correction offset; a `stop_gradient`:
+the one-convolution fold's scale) gets none: TF's gradients compute one and,
+gated with the others (`gate_gradients`), run it every step, though nothing
+reads it. On ResNet-50 that was a sum over each layer's output (contrib's
+fold) and six weight-sized ops per layer (the one-convolution fold). Ops built inside `shared_constant_gradients()` use them
 (the op's `_gradient_op_type` attribute names the gradient, as for contrib's
 `FoldFusedBatchNormGrad`: differentiating a restored training graph needs
 `import tf1_quantize`).
 """
 
 import contextlib
-from typing import Iterator, List, Optional
+from typing import Callable, Iterator, List, Optional
 
 import tensorflow as tf
 
@@ -33,6 +38,10 @@ MUL_GRADIENT = 'Tf1QuantizeMulGrad'
 ADD_GRADIENT = 'Tf1QuantizeAddGrad'
 DIV_GRADIENT = 'Tf1QuantizeRealDivGrad'
 SELECT_GRADIENT = 'Tf1QuantizeSelectGrad'
+
+_GRADIENT_STOPS = frozenset({'Const', 'StopGradient'})
+_SHAPE_ONLY_OPS = frozenset({'Identity', 'Reshape'})
+_RESHAPE_CHAIN_LIMIT = 4
 
 
 @contextlib.contextmanager
@@ -56,15 +65,18 @@ def shared_constant_gradients() -> Iterator[None]:
 def _mul_grad(op: tf.Operation, grad: tf.Tensor):
     """d(x * y) = (grad * y, x * grad), each summed to its input's shape."""
     x, y = op.inputs
-    return (_sum_to_shape(tf.raw_ops.Mul(x=grad, y=y), x, y),
-            _sum_to_shape(tf.raw_ops.Mul(x=x, y=grad), y, x))
+    return (_unless_stopped(x, lambda: _sum_to_shape(
+                tf.raw_ops.Mul(x=grad, y=y), x, y)),
+            _unless_stopped(y, lambda: _sum_to_shape(
+                tf.raw_ops.Mul(x=x, y=grad), y, x)))
 
 
 @tf.RegisterGradient(ADD_GRADIENT)
 def _add_grad(op: tf.Operation, grad: tf.Tensor):
     """d(x + y) = (grad, grad), each summed to its input's shape."""
     x, y = op.inputs
-    return _sum_to_shape(grad, x, y), _sum_to_shape(grad, y, x)
+    return (_unless_stopped(x, lambda: _sum_to_shape(grad, x, y)),
+            _unless_stopped(y, lambda: _sum_to_shape(grad, y, x)))
 
 
 @tf.RegisterGradient(DIV_GRADIENT)
@@ -72,18 +84,25 @@ def _real_div_grad(op: tf.Operation, grad: tf.Tensor):
     """d(x / y) = (grad / y, grad * (-x / y / y)), each summed to its
     input's shape."""
     x, y = op.inputs
-    with graph_edit.no_control_dependencies(op.graph):  # Forward only.
-        quotient = tf.raw_ops.RealDiv(
-            x=tf.raw_ops.RealDiv(x=tf.math.negative(x), y=y), y=y)
-    return (_sum_to_shape(tf.raw_ops.RealDiv(x=grad, y=y), x, y),
-            _sum_to_shape(tf.raw_ops.Mul(x=grad, y=quotient), y, x))
+
+    def grad_y():
+        with graph_edit.no_control_dependencies(op.graph):  # Forward only.
+            quotient = tf.raw_ops.RealDiv(
+                x=tf.raw_ops.RealDiv(x=tf.math.negative(x), y=y), y=y)
+        return _sum_to_shape(tf.raw_ops.Mul(x=grad, y=quotient), y, x)
+
+    return (_unless_stopped(x, lambda: _sum_to_shape(
+                tf.raw_ops.RealDiv(x=grad, y=y), x, y)),
+            _unless_stopped(y, grad_y))
 
 
 @tf.RegisterGradient(SELECT_GRADIENT)
 def _select_grad(op: tf.Operation, grad: tf.Tensor):
     """The gradient goes to the input that was selected, zeros to the
     other."""
-    condition, x = op.inputs[0], op.inputs[1]
+    condition, x, y = op.inputs
+    if _stops_gradients(x) and _stops_gradients(y):
+        return None, None, None
     with graph_edit.no_control_dependencies(op.graph):  # Forward only.
         if x.shape.is_fully_defined():
             zeros = tf.fill(
@@ -92,8 +111,29 @@ def _select_grad(op: tf.Operation, grad: tf.Tensor):
         else:
             zeros = tf.zeros_like(x)
     return (None,
-            tf.raw_ops.Select(condition=condition, x=grad, y=zeros),
-            tf.raw_ops.Select(condition=condition, x=zeros, y=grad))
+            _unless_stopped(x, lambda: tf.raw_ops.Select(
+                condition=condition, x=grad, y=zeros)),
+            _unless_stopped(y, lambda: tf.raw_ops.Select(
+                condition=condition, x=zeros, y=grad)))
+
+
+def _stops_gradients(tensor: tf.Tensor) -> bool:
+    """Whether `tensor` is a Const or StopGradient output, or one reshaped;
+    a gradient w.r.t. it reaches nothing."""
+    op = tensor.op
+    # A bounded walk: a longer chain just keeps its (unused) gradient.
+    for _ in range(_RESHAPE_CHAIN_LIMIT):
+        if op.type not in _SHAPE_ONLY_OPS:
+            break
+        op = op.inputs[0].op
+    return op.type in _GRADIENT_STOPS
+
+
+def _unless_stopped(operand: tf.Tensor,
+                    gradient: Callable[[], tf.Tensor]) -> Optional[tf.Tensor]:
+    """`gradient()`, or None without building it if no gradient can flow
+    through `operand` (see `_stops_gradients`)."""
+    return None if _stops_gradients(operand) else gradient()
 
 
 def _sum_to_shape(grad: tf.Tensor, operand: tf.Tensor,
