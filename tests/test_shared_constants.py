@@ -97,8 +97,9 @@ def test_fold_gradient_constants_skip_the_update_ops_block():
     fold_grad = [op for op in graph.get_operations()
                  if op.name.startswith('gradients/')
                  and '/FusedBatchNormV3_grad/' in op.name]
-    consts = [op for op in fold_grad if op.type == 'Const']
-    assert len(consts) == 3, [op.name for op in fold_grad]
+    consts = {t.op for op in fold_grad for t in op.inputs
+              if t.op.type == 'Const'}
+    assert consts, [op.name for op in fold_grad]
     assert not [op.name for op in consts if op.control_inputs]
     assert set(updates) <= graph_checks.ancestors(train)
 
@@ -113,35 +114,71 @@ def test_shared_constants_keep_the_callers_device():
     assert {op.device for op in shared} == {'/device:CPU:0'}
 
 
-def test_constant_is_shared_only_inside_sharing():
-    graph = tf.Graph()
+def test_constant_is_shared_per_value_and_graph():
+    graph, other = tf.Graph(), tf.Graph()
     with graph.as_default():
-        outside = [shared_constants.constant(1.0) for _ in range(2)]
-        with shared_constants.sharing(graph):
-            first = shared_constants.constant(1.0)
-            again = shared_constants.constant(np.float32(1.0), name='other')
-            other_dtype = shared_constants.constant(1.0, tf.int32)
-            vector = shared_constants.constant([1.0, 1.0])
-    assert outside[0] is not outside[1]
+        first = shared_constants.constant(1.0)
+        again = shared_constants.constant(np.float32(1.0), name='other')
+        other_dtype = shared_constants.constant(1.0, tf.int32)
+        vector = shared_constants.constant([1.0, 1.0])
+    with other.as_default():
+        in_other = shared_constants.constant(1.0)
     assert first is again
     assert first.name == SCOPE + 'Const:0'
     assert len({id(t) for t in (first, other_dtype, vector)}) == 3
     assert other_dtype.dtype == tf.int32 and vector.shape == [2]
+    assert in_other is not first and in_other.graph is other
 
 
-def test_constant_of_another_graph_is_not_shared():
-    graph, other = tf.Graph(), tf.Graph()
-    with shared_constants.sharing(graph), other.as_default():
-        a = shared_constants.constant(2.0)
-        b = shared_constants.constant(2.0)
-    assert a is not b and a.graph is other
+def test_constant_is_shared_per_device_scope():
+    """Ops built under another device scope (a tower's gradients) read a
+    constant placed there; under a colocation each gets its own."""
+    graph = tf.Graph()
+    with graph.as_default():
+        tower = {}
+        for device in ('/cpu:0', '/gpu:1', '/cpu:0'):
+            with tf.device(device):
+                tower.setdefault(device, []).append(
+                    shared_constants.constant(2.0))
+        unplaced = shared_constants.constant(2.0)
+        with tf.device('/gpu:1'):
+            anchor = tf.compat.v1.placeholder(tf.float32, name='anchor')
+        with tf.compat.v1.colocate_with(anchor):
+            colocated = [shared_constants.constant(2.0) for _ in range(2)]
+    cpu, gpu = tower['/cpu:0'], tower['/gpu:1']
+    assert cpu[0] is cpu[1]
+    assert len({id(t) for t in (cpu[0], gpu[0], unplaced)}) == 3
+    assert cpu[0].device == '/device:CPU:0'
+    assert gpu[0].device == '/device:GPU:1'
+    assert unplaced.device == ''
+    assert colocated[0] is not colocated[1]
+    assert colocated[0].op.colocation_groups() == [b'loc:@anchor']
+
+
+def test_gradients_of_the_rewrite_read_shared_constants():
+    """The folds' and quantizers' gradients, built by the optimizer after
+    the rewrite, build no Const of their own."""
+    graph = gb.rich_graph()
+    with graph.as_default():
+        tf1_quantize.create_training_graph(quant_delay=5)
+        loss = graph.get_tensor_by_name('output:0')
+        tf.compat.v1.train.GradientDescentOptimizer(0.1).minimize(loss)
+    ours = [op for op in graph.get_operations()
+            if op.name.startswith('gradients/') and op.type != 'Const'
+            and any(part in op.name for part in (
+                '_Fold', 'mul_fold', 'post_conv_mul', 'correction_',
+                'add_fold', 'delayed_quant'))]
+    assert ours
+    consts = {t.op for op in ours for t in op.inputs if t.op.type == 'Const'}
+    assert consts
+    assert not [op.name for op in consts if not op.name.startswith(SCOPE)]
 
 
 def test_constant_inside_a_cond_is_built_there():
     """An op in a TF1 cond branch cannot read an outside Const without a
     Switch; the constant is built in the branch instead."""
     graph = tf.Graph()
-    with graph.as_default(), shared_constants.sharing(graph):
+    with graph.as_default():
         outside = shared_constants.constant(3.0)
         branch = []
         with gb.control_flow_v1():

@@ -23,7 +23,6 @@ from tf1_quantize import records as records_lib
 from tf1_quantize import placement
 from tf1_quantize import quantize
 from tf1_quantize import report as report_lib
-from tf1_quantize import shared_constants
 from tf1_quantize import step_counter
 from tf1_quantize import validation
 from tf1_quantize.errors import RewriteAbortedError
@@ -255,7 +254,6 @@ def _rewrite_graph(input_graph, *, is_training, weight_bits=8,
         per_channel_weights=bool(per_channel_weights))
     try:
         with (graph.as_default(), graph_edit.transaction(graph),
-              shared_constants.sharing(graph),
               step_counter.delay_clock(graph, delay_counter, step_device)):
             inserted = _mutate(graph, plan, config, freeze_bn_delay,
                                weight_devices)

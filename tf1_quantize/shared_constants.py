@@ -1,25 +1,26 @@
-"""One Const op per value during a rewrite.
+"""One Const op per value, per graph and device scope.
 
 Every quantizer and fold reads the same few numbers: 0 and 1, the moving
-average's decay, epsilon and the Bessel factor per channel, reduction axes.
-Built where they are used, each is a Const op of its own, about 26 per layer
-on a ResNet; every op costs graph memory, Grappler time and executor set-up
-at the first `session.run`. Inside `sharing(graph)` (the rewrite opens it),
-`constant` returns one Const per dtype, shape and value, built at the root
-scope `quantize_constants/` without control dependencies. Values are
-unchanged: only where a number lives changes, never the number.
+average's decay, epsilon and the Bessel factor per channel, reduction axes;
+so do the gradients of the ops the rewrite builds (shapes, axes). Built
+where they are used, each is a Const op of its own, about 40 per layer on a
+ResNet; every op costs graph memory, Grappler time and executor set-up at
+the first `session.run`. `constant` returns one Const per graph, active
+device scope, dtype, shape and value, built at the root scope
+`quantize_constants/` without control dependencies (gradients are built
+inside the training script's update-op block, see
+`graph_edit.no_control_dependencies`). Values are unchanged: only where a
+number lives changes, never the number.
 
-Outside `sharing`, `constant` builds a constant where it is called, in the
-caller's name scope, but still without control dependencies (see
-`graph_edit.no_control_dependencies`: gradients are built inside the
-training script's update-op block). Inside a TF1 conditional or while
-loop, whose ops cannot read a tensor from outside without an extra Switch
-or Enter, it builds an ordinary constant there.
+`constant` builds an ordinary constant, in the caller's name scope, inside
+a TF1 conditional or while loop, whose ops cannot read a tensor from
+outside without an extra Switch or Enter, and under a colocation
+(`colocate_gradients_with_ops=True`), which places the constant with the
+op its gradient is for.
 """
 
-import contextlib
-import contextvars
-from typing import Dict, Iterator, Optional, Tuple
+import weakref
+from typing import Dict, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -27,26 +28,9 @@ import tensorflow as tf
 from tf1_quantize import graph_edit
 from tf1_quantize import names
 
-# (graph, {(dtype, shape, bytes): Const output}) of the open `sharing` block.
-_SHARED: contextvars.ContextVar[Optional[Tuple[tf.Graph, Dict]]] = (
-    contextvars.ContextVar('tf1_quantize_shared_constants', default=None))
-
-
-@contextlib.contextmanager
-def sharing(graph: tf.Graph) -> Iterator[None]:
-    """Makes `constant` share one Const per value in `graph` in the block.
-
-    Args:
-        graph: the graph being rewritten.
-
-    Yields:
-        Nothing.
-    """
-    token = _SHARED.set((graph, {}))
-    try:
-        yield
-    finally:
-        _SHARED.reset(token)
+# graph -> {(device scopes, dtype, shape, bytes): Const output}.
+_CACHES: 'weakref.WeakKeyDictionary[tf.Graph, Dict[Tuple, tf.Tensor]]' = (
+    weakref.WeakKeyDictionary())
 
 
 def constant(value, dtype: tf.DType = tf.float32,
@@ -64,17 +48,26 @@ def constant(value, dtype: tf.DType = tf.float32,
     """
     array = np.asarray(value, dtype=dtype.as_numpy_dtype)
     graph = tf.compat.v1.get_default_graph()
-    shared = _SHARED.get()
-    # pylint: disable-next=protected-access
-    if (shared is None or shared[0] is not graph
-            or graph._get_control_flow_context() is not None):
+    # pylint: disable=protected-access
+    if (graph._get_control_flow_context() is not None
+            or len(graph._colocation_stack)):
         with graph_edit.no_control_dependencies(graph):
             return tf.constant(array, dtype, name=name)
-    key = (dtype, array.shape, array.tobytes())
-    cache = shared[1]
+    key = (_device_scopes(graph), dtype, array.shape, array.tobytes())
+    cache = _CACHES.setdefault(graph, {})
     if key not in cache:
         with (graph_edit.no_control_dependencies(graph),
               graph_edit.absolute_name_scope(graph,
                                              names.SHARED_CONSTANTS_SCOPE)):
             cache[key] = tf.constant(array, dtype, name=name)
     return cache[key]
+
+
+def _device_scopes(graph: tf.Graph) -> Tuple[str, ...]:
+    """The device scopes in effect (a device function by its name and code
+    location): a new op's device follows from them, so a constant is shared
+    only by ops built under the same ones (a tower's gradients read its
+    own)."""
+    # pylint: disable-next=protected-access
+    return tuple(spec.display_name
+                 for spec in graph._device_function_stack.peek_objs())
