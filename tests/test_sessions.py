@@ -13,3 +13,10 @@ def test_recommended_config_turns_grappler_off_and_keeps_the_rest():
     assert not base.graph_options.rewrite_options.disable_meta_optimizer
     assert sessions.recommended_config().graph_options.rewrite_options\
         .disable_meta_optimizer
+
+
+def test_recommended_config_keeps_only_subexpression_elimination():
+    options = sessions.recommended_config().graph_options.optimizer_options
+    assert options.opt_level == tf.compat.v1.OptimizerOptions.L0
+    assert options.do_common_subexpression_elimination
+    assert not options.do_constant_folding

@@ -9,7 +9,10 @@ remove that cost (numbers: README, "Performance"):
   `tf.control_dependencies([tf.group(*update_ops)])`, rather than
   `tf.control_dependencies(update_ops)`, which gives every gradient op one
   control edge per update op;
-* `recommended_config()`: Grappler's meta optimizer off.
+* `recommended_config()`: Grappler's meta optimizer off, and of the
+  classic graph optimizer only common subexpression elimination: its
+  constant folding, run on every new executor, took 0.3 to 0.5 s of
+  ResNet-50's first step, QAT and float alike.
 """
 
 from typing import Optional
@@ -27,13 +30,19 @@ def recommended_config(
             `ConfigProto` if None.
 
     Returns:
-        A copy of `config` with Grappler's meta optimizer disabled. On the
-        CPU this measured no slower in the steady step; on accelerators,
-        compare both, as Grappler's layout and fusion passes may matter
-        there.
+        A copy of `config` with Grappler's meta optimizer disabled and the
+        graph optimizer at `L0` with common subexpression elimination on
+        (contrib's fold steps were up to 20% slower without it) and
+        constant folding off. On the CPU this measured no slower in the
+        steady step; on accelerators, compare both, as Grappler's layout
+        and fusion passes may matter there.
     """
     result = tf.compat.v1.ConfigProto()
     if config is not None:
         result.CopyFrom(config)
     result.graph_options.rewrite_options.disable_meta_optimizer = True
+    optimizer = result.graph_options.optimizer_options
+    optimizer.opt_level = tf.compat.v1.OptimizerOptions.L0
+    optimizer.do_common_subexpression_elimination = True
+    optimizer.do_constant_folding = False
     return result
