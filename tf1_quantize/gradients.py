@@ -15,15 +15,17 @@ The gradients registered here build the same arithmetic ops in the same
 order as TF's (`math_grad` of TF 2.15 to 2.21: `_MulGrad`, `_AddGrad`,
 `_RealDivGrad`, `_SelectGrad`), so the values are the same, and take their
 constants from `shared_constants` and their forward-only ops out of the
-update-op block. An input that no gradient can flow through (a constant: the
-fold's epsilon, Bessel factor and zero correction offset; a `stop_gradient`:
-the one-convolution fold's scale) gets none: TF's gradients compute one and,
-gated with the others (`gate_gradients`), run it every step, though nothing
-reads it. On ResNet-50 that was a sum over each layer's output (contrib's
-fold) and six weight-sized ops per layer (the one-convolution fold). Ops built inside `shared_constant_gradients()` use them
+update-op block. Ops built inside `shared_constant_gradients()` use them
 (the op's `_gradient_op_type` attribute names the gradient, as for contrib's
 `FoldFusedBatchNormGrad`: differentiating a restored training graph needs
 `import tf1_quantize`).
+
+An input that no gradient can flow through (a constant: the fold's epsilon,
+Bessel factor and zero correction offset; a `stop_gradient`: the
+one-convolution fold's scale) gets none: TF's gradients compute one and,
+gated with the others (`gate_gradients`), run it every step, though nothing
+reads it. On ResNet-50 that was a sum over each layer's output (contrib's
+fold) and six weight-sized ops per layer (the one-convolution fold).
 """
 
 import contextlib

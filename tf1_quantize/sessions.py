@@ -11,7 +11,7 @@ remove that cost (numbers: README, "Performance"):
   control edge per update op;
 * `recommended_config()`: Grappler's meta optimizer off, and of the
   classic graph optimizer only common subexpression elimination: its
-  constant folding, run on every new executor, took 0.3 to 0.5 s of
+  constant folding, run on every new executor, took 0.1 to 1.2 s of
   ResNet-50's first step, QAT and float alike.
 """
 
@@ -32,7 +32,7 @@ def recommended_config(
     Returns:
         A copy of `config` with Grappler's meta optimizer disabled and the
         graph optimizer at `L0` with common subexpression elimination on
-        (contrib's fold steps were up to 20% slower without it) and
+        (contrib's fold steps were 15 to 30% slower without it) and
         constant folding off. On the CPU this measured no slower in the
         steady step; on accelerators, compare both, as Grappler's layout
         and fusion passes may matter there.
